@@ -1,0 +1,32 @@
+# The two set-up commands of the README: `make demo` and `make test`.
+# Both create or reuse .venv and install what they need first.
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Nothing here downloads models: the demo and the tests use the bundled
+# all-MiniLM-L6-v2 and tiny models built on the fly.
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup demo test test-fast lint build clean
+
+setup:
+	@bash scripts/setup_env.sh
+
+demo: setup
+	$(BIN)/embedrag doctor
+	$(BIN)/embedrag validate datasets/sample_data.jsonl datasets/scifact-slice/train.jsonl datasets/scifact-slice/test.jsonl --model sentence-transformers/all-MiniLM-L6-v2
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint: setup
+	$(BIN)/ruff check embedrag tests benchmarks scripts
+
+build: setup
+	$(BIN)/python -m build
+
+clean:
+	rm -rf build dist *.egg-info .pytest_cache

@@ -1,0 +1,53 @@
+"""embedrag: fine-tune embedding models for retrieval and put them to work.
+
+The Python API is the engine's public names, imported lazily so that ``import embedrag``
+(and ``embedrag --help``) stay fast::
+
+    from embedrag import Encoder
+    enc = Encoder.load("sentence-transformers/all-MiniLM-L6-v2")
+    vectors = enc.encode(["a passage"], kind="passage")
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+__version__ = "0.1.0.dev0"
+
+_EXPORTS = {
+    "Encoder": "embedrag.engine.encoder",
+    "EmbeddingConfig": "embedrag.engine.encoder",
+    "resolve_model": "embedrag.engine.models",
+    "ResolvedModel": "embedrag.engine.models",
+    "Example": "embedrag.engine.data",
+    "read_examples": "embedrag.engine.data",
+    "load_examples": "embedrag.engine.data",
+    "validate_files": "embedrag.engine.data",
+    "EmbedragError": "embedrag.engine.errors",
+    "DataError": "embedrag.engine.errors",
+    "ModelNotFoundError": "embedrag.engine.errors",
+    "ConfigError": "embedrag.engine.errors",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'embedrag' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(__all__)
+
+
+if TYPE_CHECKING:  # pragma: no cover
+    from embedrag.engine.data import Example, load_examples, read_examples, validate_files
+    from embedrag.engine.encoder import EmbeddingConfig, Encoder
+    from embedrag.engine.errors import ConfigError, DataError, EmbedragError, ModelNotFoundError
+    from embedrag.engine.models import ResolvedModel, resolve_model

@@ -1,0 +1,52 @@
+"""The ``embedrag`` command line: a thin Typer adapter over :mod:`embedrag.engine`.
+
+Each command lives in its own module; heavy libraries are imported inside the command
+functions so ``embedrag --help`` stays fast."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from embedrag import __version__
+from embedrag.cli import doctor as _doctor
+from embedrag.cli import validate as _validate
+from embedrag.cli._common import setup_logging, state
+
+app = typer.Typer(
+    name="embedrag",
+    help="Fine-tune embedding models for retrieval, index documents in LanceDB, "
+    "evaluate Top-K retrieval and ask questions over them.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+    add_completion=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"embedrag {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks (also EMBEDRAG_DEBUG=1).")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    if debug:
+        state.debug = True
+    setup_logging(verbose)
+
+
+app.command(name="validate")(_validate.validate)
+app.command(name="doctor")(_doctor.doctor)
+
+
+def main() -> None:
+    app()

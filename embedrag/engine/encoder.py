@@ -1,0 +1,421 @@
+"""The Encoder: tokenizer + transformer + pooling + instructions + normalisation.
+
+One object turns texts into vectors the same way everywhere embedrag embeds (training,
+indexing, evaluation, asking). Its settings live in :class:`EmbeddingConfig`, saved as
+``embedrag.json`` and mirrored in sentence-transformers files, so a saved folder
+describes itself and ``SentenceTransformer(path)`` gives the same vectors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from embedrag.engine.errors import ConfigError, ModelNotFoundError
+from embedrag.engine.models import resolve_model
+from embedrag.engine.pooling import POOLING_MODES
+from embedrag.engine.st_format import read_st_settings, write_st_files
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+logger = logging.getLogger(__name__)
+
+EMBEDRAG_CONFIG = "embedrag.json"
+FORMAT_VERSION = 1
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+# Causal-LM families whose AutoModel is a decoder: last-token pooling by default.
+_DECODER_TYPES = {
+    "gpt2", "gpt_neo", "gpt_neox", "gptj", "llama", "mistral", "mixtral", "qwen2", "qwen2_moe",
+    "qwen3", "qwen3_moe", "gemma", "gemma2", "gemma3", "gemma3_text", "phi", "phi3", "falcon",
+    "stablelm", "starcoder2", "olmo", "olmo2", "internlm2", "baichuan", "chatglm", "opt", "bloom",
+}
+# Encoders whose base class takes add_pooling_layer: an unused pooler breaks DDP gradients.
+_POOLER_TYPES = {"bert", "roberta", "xlm-roberta", "camembert", "mpnet", "ernie", "nomic_bert"}
+
+
+@dataclass
+class EmbeddingConfig:
+    """How texts become vectors. Saved as ``embedrag.json`` next to the weights."""
+
+    pooling: str = "mean"
+    normalize: bool = True
+    query_instruction: str = ""
+    passage_instruction: str = ""
+    query_max_length: int = 256
+    passage_max_length: int = 256
+    dimension: int | None = None
+    architecture: str = "encoder"
+    base_model: str | None = None
+    # Free-form provenance written by other stages (training, merge): kept on round trips.
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        from embedrag import __version__
+
+        data = {"format_version": FORMAT_VERSION, "embedrag_version": __version__}
+        data.update(asdict(self))
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EmbeddingConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def read_embedding_config(folder: str | os.PathLike) -> EmbeddingConfig | None:
+    path = Path(folder) / EMBEDRAG_CONFIG
+    if not path.is_file():
+        return None
+    try:
+        return EmbeddingConfig.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{path}: not a valid embedrag.json ({exc})") from exc
+
+
+def is_decoder_config(config: Any) -> bool:
+    architectures = getattr(config, "architectures", None) or []
+    return getattr(config, "model_type", "") in _DECODER_TYPES or any(
+        a.endswith("ForCausalLM") for a in architectures
+    )
+
+
+def model_length_limit(config: Any, tokenizer: Any) -> int:
+    """The longest input the model takes: its position table, or the tokenizer's limit."""
+    limits = []
+    positions = getattr(config, "max_position_embeddings", None)
+    if isinstance(positions, int) and positions > 0:
+        # RoBERTa-style tables reserve padding_idx + 1 positions.
+        if getattr(config, "model_type", "") in {"roberta", "xlm-roberta", "camembert"}:
+            positions -= 2
+        limits.append(positions)
+    tok_limit = getattr(tokenizer, "model_max_length", None)
+    if isinstance(tok_limit, int) and 0 < tok_limit < 1_000_000:
+        limits.append(tok_limit)
+    return min(limits) if limits else 512
+
+
+def default_device() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+class Encoder:
+    """Embed queries and passages with a transformer model.
+
+    Build one with :meth:`Encoder.load`; ``encode`` returns float32 numpy rows, L2
+    normalised unless the config says otherwise. ``embed`` is the differentiable path
+    used in training: token ids in, pooled (and normalised) vectors out.
+    """
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, config: EmbeddingConfig,
+                 *, name: str, path: Path | None = None, device: str = "cpu"):
+        if config.pooling not in POOLING_MODES:
+            raise ConfigError(
+                f"pooling {config.pooling!r} is not supported; use one of {', '.join(POOLING_MODES)}"
+            )
+        self.model = model
+        self.tokenizer = tokenizer
+        self.config = config
+        self.name = name
+        self.path = path
+        self.device = device
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def load(
+        cls,
+        name_or_path: str | os.PathLike,
+        *,
+        pooling: str = "auto",
+        normalize: bool | None = None,
+        query_instruction: str | None = None,
+        passage_instruction: str | None = None,
+        query_max_length: int | None = None,
+        passage_max_length: int | None = None,
+        device: str | None = None,
+        dtype: str | None = None,
+        trust_remote_code: bool = False,
+        allow_download: bool = True,
+    ) -> Encoder:
+        """Load a model folder or hub id (resolved offline first, see :func:`resolve_model`).
+
+        Settings come, in order of precedence, from the arguments, the folder's
+        ``embedrag.json``, its sentence-transformers files, then architecture defaults."""
+        resolved = resolve_model(name_or_path, allow_download=allow_download)
+        folder = resolved.path
+        if (folder / "adapter_config.json").is_file() and not (folder / "config.json").is_file():
+            raise ModelNotFoundError(
+                f"{folder} holds a LoRA adapter, not a model: merge it first (embedrag merge) "
+                "or pass the base model"
+            )
+        import torch
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+        hf_config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
+        decoder = is_decoder_config(hf_config)
+        if tokenizer.pad_token is None:
+            # Decoders often ship without a pad token; any id works since it is masked.
+            tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+
+        saved = read_embedding_config(folder)
+        st = read_st_settings(folder)
+        limit = model_length_limit(hf_config, tokenizer)
+        config = saved or EmbeddingConfig(
+            pooling=st.pooling or ("last" if decoder else "mean"),
+            normalize=True if st.normalize is None else st.normalize,
+            query_instruction=st.query_prompt or "",
+            passage_instruction=st.passage_prompt or "",
+            query_max_length=min(st.max_seq_length or limit, limit),
+            passage_max_length=min(st.max_seq_length or limit, limit),
+            base_model=resolved.name,
+        )
+        config.architecture = "decoder" if decoder else "encoder"
+        if pooling != "auto":
+            config.pooling = pooling
+        if config.pooling not in POOLING_MODES:
+            raise ConfigError(
+                f"{folder}: pooling {config.pooling!r} is not supported; "
+                f"pass --pooling {'|'.join(POOLING_MODES)}"
+            )
+        if normalize is not None:
+            config.normalize = normalize
+        if query_instruction is not None:
+            config.query_instruction = query_instruction
+        if passage_instruction is not None:
+            config.passage_instruction = passage_instruction
+        for attr, value in (("query_max_length", query_max_length),
+                            ("passage_max_length", passage_max_length)):
+            if value is not None:
+                if value <= 0:
+                    raise ConfigError(f"{attr.replace('_', '-')} must be positive, got {value}")
+                setattr(config, attr, value)
+            setattr(config, attr, min(getattr(config, attr), limit))
+
+        torch_dtype = {None: None, "fp32": torch.float32, "bf16": torch.bfloat16,
+                       "fp16": torch.float16}[dtype]
+        model = _load_backbone(AutoModel, folder, hf_config, torch_dtype, trust_remote_code)
+        config.dimension = int(getattr(hf_config, "hidden_size", 0) or 0) or None
+        device = device or default_device()
+        model.to(device)
+        model.eval()
+        return cls(model, tokenizer, config, name=resolved.name, path=folder, device=device)
+
+    # ------------------------------------------------------------------ encoding
+    @property
+    def dimension(self) -> int:
+        if self.config.dimension:
+            return self.config.dimension
+        return int(self.model.config.hidden_size)
+
+    def instruction(self, kind: str) -> str:
+        return self._pick(kind, self.config.query_instruction, self.config.passage_instruction)
+
+    def max_length(self, kind: str) -> int:
+        return self._pick(kind, self.config.query_max_length, self.config.passage_max_length)
+
+    @staticmethod
+    def _pick(kind: str, query_value, passage_value):
+        if kind == "query":
+            return query_value
+        if kind in ("passage", "document"):
+            return passage_value
+        raise ValueError(f"kind must be 'query' or 'passage', got {kind!r}")
+
+    def tokenize(self, texts: Sequence[str], kind: str = "passage") -> dict[str, list[list[int]]]:
+        """Token ids of ``texts`` with the kind's instruction, truncated, unpadded."""
+        prefix = self.instruction(kind)
+        encoded = self.tokenizer(
+            [prefix + t for t in texts],
+            truncation=True,
+            max_length=self.max_length(kind),
+            padding=False,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+        )
+        # Tokenizers without special tokens turn "" into nothing; pooling needs a token.
+        filler = self.tokenizer.eos_token_id
+        if filler is None:
+            filler = self.tokenizer.unk_token_id if self.tokenizer.unk_token_id is not None else 0
+        encoded["input_ids"] = [ids or [filler] for ids in encoded["input_ids"]]
+        return encoded
+
+    def pad(self, input_ids: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
+        batch = self.tokenizer.pad({"input_ids": list(input_ids)}, return_tensors="pt")
+        return {k: v.to(self.device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
+
+    def embed(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Pooled (and normalised) embeddings of a padded batch; keeps gradients."""
+        import torch.nn.functional as F
+
+        from embedrag.engine.pooling import pool
+
+        output = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        hidden = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
+        vectors = pool(hidden, batch["attention_mask"], self.config.pooling)
+        if self.config.normalize:
+            vectors = F.normalize(vectors.float(), p=2, dim=-1)
+        return vectors
+
+    def encode(
+        self,
+        texts: Sequence[str],
+        kind: str = "passage",
+        *,
+        batch_size: int = 32,
+        precision: str = "fp32",
+        progress: Callable[[int, int], None] | None = None,
+    ) -> np.ndarray:
+        """Embed ``texts`` as queries or passages: float32 array (len(texts), dimension).
+
+        Texts are sorted by token length and batched with dynamic padding so short texts
+        never pay for long ones; rows come back in input order. ``progress(done, total)``
+        is called after every batch."""
+        import numpy as np
+        import torch
+
+        if batch_size <= 0:
+            raise ConfigError(f"batch size must be positive, got {batch_size}")
+        if precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        if isinstance(texts, str):
+            texts = [texts]
+        texts = list(texts)
+        total = len(texts)
+        out = np.zeros((total, self.dimension), dtype=np.float32)
+        if total == 0:
+            return out
+        ids = self.tokenize(texts, kind)["input_ids"]
+        order = sorted(range(total), key=lambda i: -len(ids[i]))
+        device_type = torch.device(self.device).type
+        autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.inference_mode(), torch.autocast(
+                device_type=device_type, dtype=autocast_dtype or torch.float32,
+                enabled=autocast_dtype is not None,
+            ):
+                for start in range(0, total, batch_size):
+                    rows = order[start:start + batch_size]
+                    vectors = self.embed(self.pad([ids[i] for i in rows]))
+                    out[rows] = vectors.float().cpu().numpy()
+                    if progress is not None:
+                        progress(min(start + batch_size, total), total)
+        finally:
+            self.model.train(was_training)
+        return out
+
+    def encode_queries(self, texts: Sequence[str], **kwargs) -> np.ndarray:
+        return self.encode(texts, "query", **kwargs)
+
+    def encode_passages(self, texts: Sequence[str], **kwargs) -> np.ndarray:
+        return self.encode(texts, "passage", **kwargs)
+
+    # ------------------------------------------------------------------ saving
+    def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+        """Write a self-describing model folder: HF weights and tokenizer,
+        sentence-transformers files and ``embedrag.json``. Written under a temporary
+        name and renamed, so a crash never leaves a folder that looks complete."""
+        target = Path(path)
+        if target.exists() and not overwrite and (target.is_file() or any(target.iterdir())):
+            raise ConfigError(f"{target} already exists and is not empty")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+        try:
+            self.write_files(staging)
+            if target.exists():
+                shutil.rmtree(target) if target.is_dir() else target.unlink()
+            os.replace(staging, target)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return target
+
+    def write_files(self, folder: Path, *, weights: bool = True) -> None:
+        """Write everything into an existing folder (no atomicity: see :meth:`save`)."""
+        with quiet_transformers():
+            if weights:
+                self.model.save_pretrained(folder, safe_serialization=True)
+            self.tokenizer.save_pretrained(folder)
+        self.config.dimension = self.dimension
+        write_st_files(
+            folder,
+            dimension=self.dimension,
+            pooling=self.config.pooling,
+            normalize=self.config.normalize,
+            max_seq_length=self.config.passage_max_length,
+            query_prompt=self.config.query_instruction,
+            passage_prompt=self.config.passage_instruction,
+            versions=_versions(),
+        )
+        (folder / EMBEDRAG_CONFIG).write_text(
+            json.dumps(self.config.to_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+        )
+
+    def __repr__(self) -> str:
+        c = self.config
+        return (f"Encoder({self.name!r}, pooling={c.pooling}, normalize={c.normalize}, "
+                f"dim={self.dimension}, max_len={c.query_max_length}/{c.passage_max_length}, "
+                f"device={self.device})")
+
+
+@contextlib.contextmanager
+def quiet_transformers():
+    """Silence transformers' progress bars and expected warnings (unused pooler weights
+    and the like) for the duration: progress is ours to show."""
+    from transformers.utils import logging as hf_logging
+
+    previous = hf_logging.get_verbosity()
+    bar_was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(previous)
+        if bar_was_on:
+            hf_logging.enable_progress_bar()
+
+
+def _load_backbone(auto_model, folder: Path, hf_config, torch_dtype, trust_remote_code: bool):
+    kwargs: dict[str, Any] = {"config": hf_config, "trust_remote_code": trust_remote_code}
+    if torch_dtype is not None:
+        kwargs["dtype"] = torch_dtype
+    if getattr(hf_config, "model_type", "") in _POOLER_TYPES:
+        kwargs["add_pooling_layer"] = False
+    with quiet_transformers():
+        try:
+            return auto_model.from_pretrained(folder, **kwargs)
+        except TypeError:
+            kwargs.pop("add_pooling_layer", None)
+            return auto_model.from_pretrained(folder, **kwargs)
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for dist in ("embedrag", "transformers", "torch", "sentence-transformers"):
+        try:
+            out[dist.replace("-", "_")] = version(dist)
+        except PackageNotFoundError:
+            continue
+    return out

@@ -1,0 +1,122 @@
+"""Encoder behaviour: batching, lengths, precision, save/load round trips and parity
+with sentence-transformers."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import MIXED_TEXTS
+
+from embedrag import Encoder
+from embedrag.engine.errors import ConfigError
+
+pytest.importorskip("sentence_transformers")
+
+
+def _st_model(path):
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(path), device="cpu")
+
+
+def test_rows_do_not_depend_on_batching_or_order(tiny_bert):
+    encoder = Encoder.load(tiny_bert, device="cpu")
+    one_batch = encoder.encode(MIXED_TEXTS, batch_size=64)
+    tiny_batches = encoder.encode(MIXED_TEXTS, batch_size=1)
+    reversed_rows = encoder.encode(MIXED_TEXTS[::-1], batch_size=3)[::-1]
+    np.testing.assert_allclose(one_batch, tiny_batches, atol=1e-5)
+    np.testing.assert_allclose(one_batch, reversed_rows, atol=1e-5)
+    assert one_batch.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(one_batch, axis=1), 1.0, atol=1e-5)
+
+
+def test_empty_input_and_progress(tiny_bert):
+    encoder = Encoder.load(tiny_bert, device="cpu")
+    assert encoder.encode([]).shape == (0, 32)
+    seen = []
+    encoder.encode(MIXED_TEXTS, batch_size=3, progress=lambda done, total: seen.append((done, total)))
+    assert seen == [(3, 8), (6, 8), (8, 8)]
+
+
+def test_max_length_is_capped_at_the_model_limit(tiny_bert):
+    encoder = Encoder.load(tiny_bert, passage_max_length=10_000, query_max_length=8, device="cpu")
+    assert encoder.config.passage_max_length == 128  # the tiny BERT's position table
+    assert encoder.config.query_max_length == 8
+    assert len(encoder.tokenize(["word " * 500], "passage")["input_ids"][0]) == 128
+    assert len(encoder.tokenize(["word " * 500], "query")["input_ids"][0]) == 8
+    with pytest.raises(ConfigError):
+        Encoder.load(tiny_bert, query_max_length=0)
+
+
+def test_bf16_autocast_is_close_to_fp32(tiny_bert):
+    encoder = Encoder.load(tiny_bert, device="cpu")
+    fp32 = encoder.encode(MIXED_TEXTS)
+    bf16 = encoder.encode(MIXED_TEXTS, precision="bf16")
+    assert bf16.dtype == np.float32
+    cosines = (fp32 * bf16).sum(axis=1)
+    assert cosines.min() > 0.99
+
+
+def test_instructions_prefix_queries_and_passages(tiny_bert):
+    plain = Encoder.load(tiny_bert, device="cpu")
+    instructed = Encoder.load(tiny_bert, query_instruction="query: ",
+                              passage_instruction="passage: ", device="cpu")
+    np.testing.assert_allclose(instructed.encode(["abc"], "query"),
+                               plain.encode(["query: abc"], "query"), atol=1e-6)
+    np.testing.assert_allclose(instructed.encode(["abc"], "passage"),
+                               plain.encode(["passage: abc"], "passage"), atol=1e-6)
+
+
+@pytest.mark.parametrize("model_fixture", ["tiny_bert", "tiny_qwen2"])
+def test_save_round_trips_through_encoder_and_sentence_transformers(model_fixture, request, tmp_path):
+    source = request.getfixturevalue(model_fixture)
+    encoder = Encoder.load(source, query_instruction="Instruct: find the passage\nQuery: ",
+                           passage_instruction="passage: ", passage_max_length=64,
+                           query_max_length=64, device="cpu")  # ST has one max length
+    queries = encoder.encode(MIXED_TEXTS, "query")
+    passages = encoder.encode(MIXED_TEXTS, "passage")
+    saved = encoder.save(tmp_path / "saved")
+
+    settings = json.loads((saved / "embedrag.json").read_text())
+    assert settings["pooling"] == encoder.config.pooling
+    assert settings["query_instruction"].startswith("Instruct:")
+    assert settings["passage_max_length"] == 64
+
+    reloaded = Encoder.load(saved, device="cpu")
+    np.testing.assert_allclose(reloaded.encode(MIXED_TEXTS, "query"), queries, atol=1e-5)
+    np.testing.assert_allclose(reloaded.encode(MIXED_TEXTS, "passage"), passages, atol=1e-5)
+
+    st = _st_model(saved)
+    texts = [t for t in MIXED_TEXTS if t]  # sentence-transformers cannot pool an empty decoder input
+    keep = [i for i, t in enumerate(MIXED_TEXTS) if t]
+    np.testing.assert_allclose(st.encode(texts, prompt_name="query"), queries[keep], atol=1e-5)
+    np.testing.assert_allclose(st.encode(texts, prompt_name="document"), passages[keep], atol=1e-5)
+
+
+def test_save_refuses_a_non_empty_folder_and_leaves_no_temp(tiny_bert, tmp_path):
+    encoder = Encoder.load(tiny_bert, device="cpu")
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "keep.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="already exists"):
+        encoder.save(target)
+    assert (target / "keep.txt").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+@pytest.mark.slow
+def test_bundled_minilm_matches_sentence_transformers(minilm_path):
+    """Must-show: 50 mixed-length English and Chinese texts, max abs difference < 1e-5."""
+    import random
+
+    rng = random.Random(0)
+    words = ["retrieval", "embedding", "noodles", "Taipei", "protein", "cells", "the", "of",
+             "牛肉麵", "台北", "蛋白質", "細胞", "研究", "检索", "模型", "数据"]
+    texts = [" ".join(rng.choice(words) for _ in range(rng.randint(1, 300))) for _ in range(46)]
+    texts += MIXED_TEXTS[:4]
+    assert len(texts) == 50
+    ours = Encoder.load(minilm_path, device="cpu").encode(texts, batch_size=16)
+    reference = _st_model(minilm_path).encode(texts, batch_size=16)
+    assert np.abs(ours - reference).max() < 1e-5
