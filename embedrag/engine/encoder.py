@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from embedrag.engine.errors import ConfigError, ModelNotFoundError
+from embedrag.engine.errors import ConfigError
 from embedrag.engine.models import resolve_model
 from embedrag.engine.pooling import POOLING_MODES
 from embedrag.engine.st_format import read_st_settings, write_st_files
@@ -153,18 +153,25 @@ class Encoder:
         dtype: str | None = None,
         trust_remote_code: bool = False,
         allow_download: bool = True,
+        model_kwargs: dict[str, Any] | None = None,
     ) -> Encoder:
         """Load a model folder or hub id (resolved offline first, see :func:`resolve_model`).
 
         Settings come, in order of precedence, from the arguments, the folder's
-        ``embedrag.json``, its sentence-transformers files, then architecture defaults."""
+        ``embedrag.json``, its sentence-transformers files, then architecture defaults.
+        A LoRA/QLoRA adapter folder (``adapter_config.json``) is loaded on its base model
+        without merging. ``model_kwargs`` go to ``from_pretrained`` (e.g. a
+        ``quantization_config``)."""
         resolved = resolve_model(name_or_path, allow_download=allow_download)
         folder = resolved.path
         if (folder / "adapter_config.json").is_file() and not (folder / "config.json").is_file():
-            raise ModelNotFoundError(
-                f"{folder} holds a LoRA adapter, not a model: merge it first (embedrag merge) "
-                "or pass the base model"
-            )
+            from embedrag.engine.finetune import load_adapter_encoder
+
+            return load_adapter_encoder(
+                folder, device=device, trust_remote_code=trust_remote_code,
+                allow_download=allow_download, pooling=pooling, normalize=normalize,
+                query_instruction=query_instruction, passage_instruction=passage_instruction,
+                query_max_length=query_max_length, passage_max_length=passage_max_length)
         import torch
         from transformers import AutoConfig, AutoModel, AutoTokenizer
 
@@ -211,10 +218,12 @@ class Encoder:
 
         torch_dtype = {None: None, "fp32": torch.float32, "bf16": torch.bfloat16,
                        "fp16": torch.float16}[dtype]
-        model = _load_backbone(AutoModel, folder, hf_config, torch_dtype, trust_remote_code)
+        model = _load_backbone(AutoModel, folder, hf_config, torch_dtype, trust_remote_code,
+                               model_kwargs or {})
         config.dimension = int(getattr(hf_config, "hidden_size", 0) or 0) or None
         device = device or default_device()
-        model.to(device)
+        if not getattr(model, "is_quantized", False):  # bitsandbytes models are placed at load
+            model.to(device)
         model.eval()
         return cls(model, tokenizer, config, name=resolved.name, path=folder, device=device)
 
@@ -263,16 +272,7 @@ class Encoder:
 
     def embed(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Pooled (and normalised) embeddings of a padded batch; keeps gradients."""
-        import torch.nn.functional as F
-
-        from embedrag.engine.pooling import pool
-
-        output = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-        hidden = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
-        vectors = pool(hidden, batch["attention_mask"], self.config.pooling)
-        if self.config.normalize:
-            vectors = F.normalize(vectors.float(), p=2, dim=-1)
-        return vectors
+        return embed_batch(self.model, batch, self.config.pooling, self.config.normalize)
 
     def encode(
         self,
@@ -377,6 +377,21 @@ class Encoder:
                 f"device={self.device})")
 
 
+def embed_batch(model: torch.nn.Module, batch: dict[str, torch.Tensor], pooling: str,
+                normalize: bool) -> torch.Tensor:
+    """Run ``model`` on a padded batch and pool its last hidden states."""
+    import torch.nn.functional as F
+
+    from embedrag.engine.pooling import pool
+
+    output = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    hidden = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
+    vectors = pool(hidden, batch["attention_mask"], pooling)
+    if normalize:
+        vectors = F.normalize(vectors.float(), p=2, dim=-1)
+    return vectors
+
+
 @contextlib.contextmanager
 def quiet_transformers():
     """Silence transformers' progress bars and expected warnings (unused pooler weights
@@ -395,8 +410,9 @@ def quiet_transformers():
             hf_logging.enable_progress_bar()
 
 
-def _load_backbone(auto_model, folder: Path, hf_config, torch_dtype, trust_remote_code: bool):
-    kwargs: dict[str, Any] = {"config": hf_config, "trust_remote_code": trust_remote_code}
+def _load_backbone(auto_model, folder: Path, hf_config, torch_dtype, trust_remote_code: bool,
+                   extra: dict[str, Any]):
+    kwargs: dict[str, Any] = {"config": hf_config, "trust_remote_code": trust_remote_code, **extra}
     if torch_dtype is not None:
         kwargs["dtype"] = torch_dtype
     if getattr(hf_config, "model_type", "") in _POOLER_TYPES:

@@ -1,0 +1,232 @@
+"""``embedrag train``: contrastive fine-tuning (LoRA, QLoRA, full)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from embedrag.cli._common import console, reports_errors
+
+_DATA = "Data"
+_MODEL = "Model"
+_OPT = "Optimisation"
+_LORA = "LoRA / QLoRA"
+_EVAL = "Validation"
+_SAVE = "Checkpoints and output"
+
+
+def _progress_callback():
+    from embedrag.engine.train import TrainCallback
+
+    class RichTrainCallback(TrainCallback):
+        """A live bar with epoch, step, loss, lr and throughput; validation lines above it."""
+
+        def __init__(self) -> None:
+            self.progress = Progress(
+                TextColumn("[bold]epoch {task.fields[epoch]}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("loss {task.fields[loss]}  lr {task.fields[lr]}  {task.fields[speed]}"),
+                TimeRemainingColumn(),
+                console=console,
+                transient=False,
+            )
+            self.task = None
+
+        def on_start(self, info: dict[str, Any]) -> None:
+            trainable, total = info["trainable_parameters"], info["total_parameters"]
+            bits = f" ({info['quantization_bits']}-bit)" if info.get("quantization_bits") else ""
+            console.print(
+                f"[bold]{info['finetune_type']}{bits}[/] fine-tuning of {escape(info['model'])} on "
+                f"{info['device']} x{info['processes']}: {info['examples']} examples, "
+                f"{info['total_steps']} steps ({info['steps_per_epoch']}/epoch), "
+                f"{trainable:,} of {total:,} parameters trainable ({100 * trainable / max(total, 1):.2f}%)")
+            self.progress.start()
+            self.task = self.progress.add_task("train", total=info["total_steps"],
+                                               completed=info["start_step"], epoch="-", loss="-",
+                                               lr="-", speed="")
+
+        def on_step(self, log: dict[str, Any]) -> None:
+            self.progress.update(self.task, completed=log["step"], epoch=f"{log['epoch']:.2f}",
+                                 loss=f"{log['loss']:.4f}", lr=f"{log['lr']:.2e}",
+                                 speed=f"{log['samples_per_second']:.1f} samples/s")
+
+        def on_evaluate(self, metrics: dict[str, float]) -> None:
+            shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k != "step")
+            self.progress.console.print(f"step {metrics['step']}: validation {shown}")
+
+        def on_save(self, path: Path) -> None:
+            self.progress.console.print(f"[dim]saved {escape(str(path))}[/]")
+
+        def on_end(self, result) -> None:
+            self.progress.stop()
+
+    return RichTrainCallback()
+
+
+def _summary_table(result) -> Table:
+    table = Table(title="training summary", title_justify="left", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    summary = result.summary
+    table.add_row("steps / epochs", f"{result.global_step} / {result.epochs_completed}")
+    table.add_row("wall time", f"{result.seconds:.1f} s")
+    table.add_row("throughput", f"{summary.get('samples_per_second', 0):.1f} samples/s, "
+                                f"{summary.get('tokens_per_second', 0):.0f} tokens/s")
+    peak = summary.get("peak_memory_bytes")
+    if peak:
+        table.add_row("peak memory", f"{peak / 2**20:.0f} MiB ({summary.get('peak_memory_kind')})")
+    if summary.get("final_loss") is not None:
+        table.add_row("last loss", f"{summary['final_loss']:.4f}")
+    for key, value in result.last_metrics.items():
+        table.add_row(f"validation {key}", f"{value:.4f}")
+    if result.best_dir:
+        best = summary.get("best_metric") or {}
+        table.add_row("best", f"{best.get('name')} {best.get('value', 0):.4f} at step "
+                              f"{best.get('step')} -> {escape(str(result.best_dir))}")
+    if result.stopped_early:
+        table.add_row("stopped early", "yes")
+    table.add_row("final model", escape(str(result.final_dir)))
+    return table
+
+
+@reports_errors
+def train(
+    train_dataset: Annotated[list[str], typer.Option(
+        "--train-dataset", "--train_dataset", help="Training JSONL (repeatable; PATH:WEIGHT mixes sets).",
+        rich_help_panel=_DATA, show_default=False)],
+    output_dir: Annotated[Path, typer.Option(
+        "--output-dir", "--output_dir", help="Where final/, best/, checkpoints and logs go.",
+        rich_help_panel=_DATA, show_default=False)],
+    eval_dataset: Annotated[str | None, typer.Option(
+        "--eval-dataset", "--eval_dataset", help="Validation JSONL: loss and nDCG/Recall/MRR@10 "
+        "each epoch, best model kept.", rich_help_panel=_DATA)] = None,
+    model: Annotated[str, typer.Option(
+        "--model", "--model-name-or-path", "--model_name_or_path", help="Base model folder or hub id.",
+        rich_help_panel=_MODEL)] = "sentence-transformers/all-MiniLM-L6-v2",
+    finetune_type: Annotated[str, typer.Option(
+        "--finetune-type", "--finetune_type", help="lora, qlora or full.", rich_help_panel=_MODEL)] = "qlora",
+    quantization_bits: Annotated[int | None, typer.Option(
+        "--quantization-bits", "--quantization_bits", help="QLoRA base precision: 4 (NF4) or 8. [default: 4]",
+        rich_help_panel=_MODEL, show_default=False)] = None,
+    pooling: Annotated[str, typer.Option(help="auto, cls, mean or last.", rich_help_panel=_MODEL)] = "auto",
+    query_instruction: Annotated[str | None, typer.Option(
+        "--query-instruction", help="Prefix for every query (saved with the model).",
+        rich_help_panel=_MODEL)] = None,
+    passage_instruction: Annotated[str | None, typer.Option(
+        "--passage-instruction", help="Prefix for every passage (saved with the model).",
+        rich_help_panel=_MODEL)] = None,
+    query_max_len: Annotated[int, typer.Option(
+        "--query-max-len", "--query_max_len", help="Query tokens (capped at the model's limit).",
+        rich_help_panel=_MODEL)] = 256,
+    passage_max_len: Annotated[int, typer.Option(
+        "--passage-max-len", "--passage_max_len", help="Passage tokens (capped at the model's limit).",
+        rich_help_panel=_MODEL)] = 1024,
+    batch_size: Annotated[int, typer.Option(
+        "--batch-size", "--batch_size", help="Queries per step and process.", rich_help_panel=_OPT)] = 16,
+    gradient_accumulation_steps: Annotated[int, typer.Option(
+        "--gradient-accumulation-steps", "--gradient_accumulation_steps",
+        help="Micro-batches per optimizer step (adds no negatives).", rich_help_panel=_OPT)] = 1,
+    lr: Annotated[float | None, typer.Option(
+        "--lr", "--learning-rate", "--learning_rate", help="Peak learning rate. [default: 1e-4 lora/qlora, "
+        "1e-5 full]", rich_help_panel=_OPT, show_default=False)] = None,
+    epochs: Annotated[int, typer.Option(
+        "--epochs", "--num-epochs", "--num_epochs", "--num_train_epochs", rich_help_panel=_OPT)] = 2,
+    max_steps: Annotated[int | None, typer.Option(
+        "--max-steps", "--max_steps", help="Stop after this many optimizer steps (overrides --epochs).",
+        rich_help_panel=_OPT)] = None,
+    neg_nums: Annotated[int, typer.Option(
+        "--neg-nums", "--neg_nums", help="Hard negatives sampled per query and epoch.",
+        rich_help_panel=_OPT)] = 2,
+    temperature: Annotated[float, typer.Option(help="InfoNCE temperature.", rich_help_panel=_OPT)] = 0.02,
+    in_batch_negatives: Annotated[bool, typer.Option(
+        "--in-batch-negatives/--no-in-batch-negatives",
+        help="Contrast each query with the other queries' passages too.", rich_help_panel=_OPT)] = True,
+    warmup_proportion: Annotated[float, typer.Option(
+        "--warmup-proportion", "--warmup_proportion", rich_help_panel=_OPT)] = 0.05,
+    scheduler: Annotated[str, typer.Option(help="linear, cosine or constant.", rich_help_panel=_OPT)] = "linear",
+    weight_decay: Annotated[float, typer.Option("--weight-decay", rich_help_panel=_OPT)] = 0.0,
+    max_grad_norm: Annotated[float, typer.Option(
+        "--max-grad-norm", help="Gradient clipping (0 = off).", rich_help_panel=_OPT)] = 1.0,
+    mixed_precision: Annotated[str, typer.Option(
+        "--mixed-precision", "--mixed_precision", help="no, fp16 or bf16 (bf16 also on recent CPUs).",
+        rich_help_panel=_OPT)] = "no",
+    gradient_checkpointing: Annotated[bool, typer.Option(
+        "--gradient-checkpointing", help="Trade compute for activation memory.", rich_help_panel=_OPT)] = False,
+    seed: Annotated[int, typer.Option(rich_help_panel=_OPT)] = 42,
+    lora_r: Annotated[int, typer.Option("--lora-r", "--lora_r", rich_help_panel=_LORA)] = 8,
+    lora_alpha: Annotated[int, typer.Option("--lora-alpha", "--lora_alpha", rich_help_panel=_LORA)] = 32,
+    lora_dropout: Annotated[float, typer.Option("--lora-dropout", "--lora_dropout", rich_help_panel=_LORA)] = 0.1,
+    lora_target_modules: Annotated[str, typer.Option(
+        "--lora-target-modules", "--lora_target_modules",
+        help="auto/all-linear, or comma-separated module names.", rich_help_panel=_LORA)] = "auto",
+    eval_steps: Annotated[int | None, typer.Option(
+        "--eval-steps", help="Also validate every N steps.", rich_help_panel=_EVAL)] = None,
+    metric_for_best: Annotated[str, typer.Option(
+        "--metric-for-best", help="ndcg@10, recall@10, mrr@10 or loss.", rich_help_panel=_EVAL)] = "ndcg@10",
+    early_stopping_patience: Annotated[int | None, typer.Option(
+        "--early-stopping-patience", help="Stop after N validations without improvement.",
+        rich_help_panel=_EVAL)] = None,
+    save_on_epoch_end: Annotated[bool, typer.Option(
+        "--save-on-epoch-end/--no-save-on-epoch-end", "--save_on_epoch_end/--no_save_on_epoch_end",
+        help="Write checkpoint-epoch-N/ after each epoch.", rich_help_panel=_SAVE)] = True,
+    save_steps: Annotated[int | None, typer.Option(
+        "--save-steps", help="Also write checkpoint-step-N/ every N steps.", rich_help_panel=_SAVE)] = None,
+    save_total_limit: Annotated[int | None, typer.Option(
+        "--save-total-limit", help="Keep only the newest N checkpoints.", rich_help_panel=_SAVE)] = None,
+    resume_from_checkpoint: Annotated[str | None, typer.Option(
+        "--resume-from-checkpoint", help="A checkpoint folder, or 'latest' in --output-dir.",
+        rich_help_panel=_SAVE)] = None,
+    overwrite_output_dir: Annotated[bool, typer.Option(
+        "--overwrite-output-dir", help="Write into a non-empty --output-dir.", rich_help_panel=_SAVE)] = False,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Print the resolved config, trainable parameters and the first batch's "
+        "shapes, then exit.")] = False,
+) -> None:
+    """Fine-tune an embedding model contrastively (InfoNCE with hard and in-batch negatives)."""
+    from embedrag.engine.train_config import TrainConfig
+
+    config = TrainConfig(
+        train_datasets=list(train_dataset), output_dir=str(output_dir), model=model,
+        finetune_type=finetune_type, quantization_bits=quantization_bits, eval_dataset=eval_dataset,
+        batch_size=batch_size, gradient_accumulation_steps=gradient_accumulation_steps, lr=lr,
+        weight_decay=weight_decay, max_grad_norm=max_grad_norm, epochs=epochs, max_steps=max_steps,
+        neg_nums=neg_nums, temperature=temperature, in_batch_negatives=in_batch_negatives,
+        query_max_len=query_max_len, passage_max_len=passage_max_len, pooling=pooling,
+        query_instruction=query_instruction, passage_instruction=passage_instruction,
+        lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+        lora_target_modules=lora_target_modules, warmup_proportion=warmup_proportion,
+        scheduler=scheduler, save_on_epoch_end=save_on_epoch_end, save_steps=save_steps,
+        save_total_limit=save_total_limit, mixed_precision=mixed_precision,
+        gradient_checkpointing=gradient_checkpointing, eval_steps=eval_steps,
+        metric_for_best=metric_for_best, early_stopping_patience=early_stopping_patience,
+        resume_from_checkpoint=resume_from_checkpoint, overwrite_output_dir=overwrite_output_dir,
+        seed=seed,
+    ).validate()
+
+    if dry_run:
+        from embedrag.engine.train import dry_run as run_dry
+
+        with console.status("loading data and model..."):
+            report = run_dry(config)
+        console.print_json(json.dumps(report.config))
+        console.print(f"trainable parameters: {report.trainable_parameters:,} of "
+                      f"{report.total_parameters:,} ({100 * report.trainable_parameters / max(report.total_parameters, 1):.2f}%)")
+        console.print(f"steps: {report.steps_per_epoch}/epoch, {report.total_steps} in all")
+        console.print(f"first batch: queries {report.first_batch['queries']}, passages "
+                      f"{report.first_batch['passages']}, {report.first_batch['negatives_per_query']:.1f} "
+                      "hard negatives per query")
+        return
+
+    from embedrag.engine.train import train as run_training
+
+    with console.status("loading data and model..."):
+        callback = _progress_callback()
+    result = run_training(config, callback)
+    console.print(_summary_table(result))

@@ -1,0 +1,213 @@
+"""Preparing a model for fine-tuning (full, LoRA, QLoRA) and loading what it saves.
+
+QLoRA loads the base through bitsandbytes (4-bit NF4 with double quantisation, or
+8-bit), runs ``prepare_model_for_kbit_training`` and adds LoRA; LoRA adds adapters to a
+full-precision base; full trains every weight.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from embedrag.engine.errors import ConfigError, ModelNotFoundError
+
+if TYPE_CHECKING:
+    import torch
+
+    from embedrag.engine.encoder import Encoder
+
+logger = logging.getLogger(__name__)
+
+FINETUNE_TYPES = ("lora", "qlora", "full")
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+@dataclass
+class LoraSettings:
+    """LoRA hyper-parameters. ``target_modules`` "auto" means every linear layer of the
+    transformer blocks (peft's "all-linear"), which adapts attention and MLP alike."""
+
+    r: int = 8
+    alpha: int = 32
+    dropout: float = 0.1
+    target_modules: str | list[str] = "auto"
+
+    def peft_target_modules(self) -> str | list[str]:
+        if self.target_modules in ("auto", "all-linear", ["auto"], ["all-linear"]):
+            return "all-linear"
+        if isinstance(self.target_modules, str):
+            return [m.strip() for m in self.target_modules.split(",") if m.strip()]
+        return list(self.target_modules)
+
+
+def quantization_config(bits: int, device_type: str):
+    """The bitsandbytes config for QLoRA: NF4 with double quantisation, or int8."""
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    if bits == 4:
+        compute = torch.bfloat16 if device_type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                  bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute)
+    if bits == 8:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    raise ConfigError(f"--quantization-bits must be 4 or 8, got {bits}")
+
+
+def quiet_bitsandbytes() -> None:
+    # Its CPU backend warns at import about an optional hub kernel it cannot fetch offline.
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+
+
+def avoid_cpu_4bit_inplace_bug(model: torch.nn.Module) -> None:
+    """bitsandbytes 0.49/0.50 on AVX-512-bf16 CPUs: one eval-mode forward of a 4-bit
+    layer rewrites its packed weight in place, and the next training step then fails
+    ("a view of a leaf Variable ... in-place"). Turning that fast path off avoids it."""
+    try:
+        import bitsandbytes as bnb
+    except ImportError:
+        return
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit) and hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+
+
+def load_training_encoder(model: str, finetune_type: str, *, quantization_bits: int | None,
+                          device: str, **encoder_kwargs) -> Encoder:
+    """The Encoder to train: quantised for qlora, full precision otherwise."""
+    from embedrag.engine.encoder import Encoder
+
+    if finetune_type not in FINETUNE_TYPES:
+        raise ConfigError(f"--finetune-type must be one of {', '.join(FINETUNE_TYPES)}, got {finetune_type!r}")
+    model_kwargs: dict[str, Any] = {}
+    if finetune_type == "qlora":
+        quiet_bitsandbytes()
+        import torch
+
+        model_kwargs = {"quantization_config": quantization_config(quantization_bits or 4,
+                                                                  torch.device(device).type),
+                        "device_map": {"": device}}
+    encoder = Encoder.load(model, device=device, model_kwargs=model_kwargs, **encoder_kwargs)
+    if finetune_type == "qlora":
+        avoid_cpu_4bit_inplace_bug(encoder.model)
+    return encoder
+
+
+def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
+    """Checkpoint activations so that LoRA still trains: non-reentrant checkpoints and
+    inputs that require grad (frozen embeddings would otherwise cut the graph)."""
+    kwargs = {"gradient_checkpointing_kwargs": {"use_reentrant": False}}
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        enable(**kwargs)
+    if hasattr(model, "enable_input_require_grads"):
+        model.enable_input_require_grads()
+
+
+def prepare_for_training(encoder: Encoder, finetune_type: str, lora: LoraSettings, *,
+                         gradient_checkpointing: bool = False) -> torch.nn.Module:
+    """Make ``encoder.model`` trainable as ``finetune_type`` asks; returns the model."""
+    model = encoder.model
+    if finetune_type == "full":
+        for parameter in model.parameters():
+            parameter.requires_grad_(True)
+        if gradient_checkpointing:
+            enable_gradient_checkpointing(model)
+        model.train()
+        return model
+
+    quiet_bitsandbytes()
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if finetune_type == "qlora":
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False})
+    elif gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    peft_config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                             target_modules=lora.peft_target_modules(), bias="none")
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            # peft still calls transformers' deprecated is_gradient_checkpointing.
+            warnings.simplefilter("ignore", FutureWarning)
+            model = get_peft_model(model, peft_config)
+    except ValueError as exc:
+        raise ConfigError(f"LoRA target modules {lora.target_modules!r}: {exc}") from exc
+    # peft records where the base came from; make that the resolvable name, not a cache path.
+    model.peft_config["default"].base_model_name_or_path = encoder.config.base_model or encoder.name
+    model.train()
+    encoder.model = model
+    return model
+
+
+def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts; 4-bit weights count as their real number."""
+    trainable = total = 0
+    for parameter in model.parameters():
+        count = parameter.numel()
+        if parameter.__class__.__name__ == "Params4bit":
+            count *= 2  # two 4-bit values per stored byte
+        total += count
+        if parameter.requires_grad:
+            trainable += count
+    return trainable, total
+
+
+def load_adapter_encoder(folder: Path, *, device: str | None = None, trust_remote_code: bool = False,
+                         allow_download: bool = True, **settings) -> Encoder:
+    """An adapter folder on its base model, unmerged: quantised the way it was trained."""
+    from embedrag.engine.encoder import Encoder, read_embedding_config
+
+    saved = read_embedding_config(folder)
+    adapter_config = json.loads((folder / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+    base = (saved.base_model if saved and saved.base_model else None) or adapter_config.get(
+        "base_model_name_or_path")
+    if not base:
+        raise ModelNotFoundError(f"{folder}: adapter does not record its base model")
+    finetune = (saved.extra.get("finetune") if saved else None) or {}
+    bits = finetune.get("quantization_bits") if finetune.get("type") == "qlora" else None
+    from embedrag.engine.encoder import default_device
+
+    device = device or default_device()
+    overrides = {k: v for k, v in settings.items() if v is not None and v != "auto"}
+    if bits:
+        encoder = load_training_encoder(base, "qlora", quantization_bits=bits, device=device,
+                                        trust_remote_code=trust_remote_code,
+                                        allow_download=allow_download)
+    else:
+        encoder = Encoder.load(base, device=device, trust_remote_code=trust_remote_code,
+                               allow_download=allow_download)
+    if saved:
+        # The adapter's own embedding settings win over the base's.
+        for key in ("pooling", "normalize", "query_instruction", "passage_instruction",
+                    "query_max_length", "passage_max_length"):
+            setattr(encoder.config, key, getattr(saved, key))
+        encoder.config.extra = saved.extra
+    for key, value in overrides.items():
+        setattr(encoder.config, key, value)
+    quiet_bitsandbytes()
+    import warnings
+
+    from peft import PeftModel
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            encoder.model = PeftModel.from_pretrained(encoder.model, os.fspath(folder))
+    except (RuntimeError, ValueError, KeyError) as exc:
+        raise ConfigError(f"{folder}: adapter does not fit base model {base} ({exc})") from exc
+    encoder.model.eval()
+    encoder.name = str(folder)
+    encoder.path = folder
+    return encoder

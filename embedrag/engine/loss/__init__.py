@@ -1,0 +1,5 @@
+"""Contrastive losses, one per module."""
+
+from embedrag.engine.loss.infonce import InfoNCELoss
+
+__all__ = ["InfoNCELoss"]

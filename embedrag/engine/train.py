@@ -1,0 +1,712 @@
+"""The training loop: contrastive fine-tuning on accelerate.
+
+``train(TrainConfig(...), callback)`` loads and checks the data (before any model),
+loads the model for the fine-tune type, trains with AdamW and a warmup schedule,
+validates, checkpoints (exactly resumable) and writes the output layout of DESIGN.md.
+Only the main process writes files; progress goes to a :class:`TrainCallback`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from embedrag.engine.data import Example, load_examples
+from embedrag.engine.errors import ConfigError
+from embedrag.engine.sampling import ContrastiveBatch, EpochSampler
+from embedrag.engine.train_config import TrainConfig
+
+if TYPE_CHECKING:
+    import torch
+
+    from embedrag.engine.encoder import Encoder
+
+logger = logging.getLogger(__name__)
+
+TRAINER_STATE = "trainer_state.json"
+TRAINABLE_STATE = "trainable_state.safetensors"
+DETAILED_LOGS = "detailed_training_logs.json"
+EPOCH_LOSSES = "training_losses.json"
+SUMMARY_REPORT = "training_summary_report.json"
+
+
+# ---------------------------------------------------------------------- public results
+class TrainCallback:
+    """Hooks for progress reporting; every method is optional. Called on the main
+    process only."""
+
+    def on_start(self, info: dict[str, Any]) -> None: ...
+    def on_step(self, log: dict[str, Any]) -> None: ...
+    def on_evaluate(self, metrics: dict[str, float]) -> None: ...
+    def on_save(self, path: Path) -> None: ...
+    def on_end(self, result: TrainResult) -> None: ...
+
+
+@dataclass
+class TrainResult:
+    """Where a run wrote its outputs and how it ended."""
+
+    output_dir: Path
+    final_dir: Path
+    best_dir: Path | None
+    global_step: int
+    epochs_completed: int
+    best_metric: float | None
+    last_metrics: dict[str, float]
+    stopped_early: bool
+    seconds: float
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DryRunReport:
+    """What ``--dry-run`` shows: the resolved config, parameters and the first batch."""
+
+    config: dict[str, Any]
+    trainable_parameters: int
+    total_parameters: int
+    steps_per_epoch: int
+    total_steps: int
+    first_batch: dict[str, Any]
+
+
+# ---------------------------------------------------------------------- the model wrapper
+def _bi_encoder_class():
+    import torch
+
+    from embedrag.engine.encoder import embed_batch
+
+    class BiEncoder(torch.nn.Module):
+        """Embeds queries and passages in ONE forward call, so distributed wrappers
+        (DDP) see each parameter used once per step."""
+
+        def __init__(self, backbone: torch.nn.Module, pooling: str, normalize: bool):
+            super().__init__()
+            self.backbone = backbone
+            self.pooling = pooling
+            self.normalize = normalize
+
+        def forward(self, *batches: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+            return tuple(embed_batch(self.backbone, b, self.pooling, self.normalize) for b in batches)
+
+    return BiEncoder
+
+
+# ---------------------------------------------------------------------- helpers
+def _peak_memory_bytes(device_type: str) -> int:
+    import torch
+
+    if device_type == "cuda":
+        return int(torch.cuda.max_memory_allocated())
+    # ru_maxrss is KiB on Linux, bytes on macOS.
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _rng_state() -> dict[str, Any]:
+    import numpy as np
+    import torch
+
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    import numpy as np
+    import torch
+
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def checkpoint_dirs(output_dir: Path) -> list[Path]:
+    """Complete checkpoints (their trainer state was written last), oldest first."""
+    found = []
+    for path in Path(output_dir).glob("checkpoint-*"):
+        state_file = path / TRAINER_STATE
+        if path.is_dir() and state_file.is_file():
+            try:
+                step = json.loads(state_file.read_text(encoding="utf-8"))["global_step"]
+            except (ValueError, KeyError):
+                continue
+            found.append((step, path.stat().st_mtime, path))
+    return [p for _, _, p in sorted(found)]
+
+
+def find_checkpoint(output_dir: Path, spec: str) -> Path:
+    """``latest`` or an explicit checkpoint folder."""
+    if spec == "latest":
+        found = checkpoint_dirs(output_dir)
+        if not found:
+            raise ConfigError(f"--resume-from-checkpoint latest: no complete checkpoint in {output_dir}")
+        return found[-1]
+    path = Path(spec)
+    if not (path / TRAINER_STATE).is_file():
+        raise ConfigError(f"--resume-from-checkpoint {spec}: not a complete checkpoint "
+                          f"(no {TRAINER_STATE})")
+    return path
+
+
+def eval_corpus(examples: list[Example]) -> tuple[list[str], list[str], dict[str, dict[str, int]]]:
+    """Queries, the distinct passages of the set (pos and neg pooled, by text), qrels."""
+    corpus: dict[str, int] = {}
+    qrels: dict[str, dict[str, int]] = {}
+    queries = []
+    for number, example in enumerate(examples):
+        for text in (*example.pos, *example.neg):
+            corpus.setdefault(text, len(corpus))
+        qid = str(number)
+        queries.append(example.query)
+        qrels[qid] = {str(corpus[text]): 1 for text in example.pos}
+    return queries, list(corpus), qrels
+
+
+def retrieval_metrics(encoder: Encoder, examples: list[Example], *, batch_size: int = 64,
+                      ks: tuple[int, ...] = (10,)) -> dict[str, float]:
+    """nDCG/Recall/MRR@k of ``encoder`` over the pooled passages of ``examples``."""
+    from embedrag.engine.metrics import evaluate_run, run_from_topk
+    from embedrag.engine.search import exact_search
+
+    queries, corpus, qrels = eval_corpus(examples)
+    query_vectors = encoder.encode(queries, "query", batch_size=batch_size)
+    corpus_vectors = encoder.encode(corpus, "passage", batch_size=batch_size)
+    found = exact_search(query_vectors, corpus_vectors, max(ks))
+    run = run_from_topk([str(i) for i in range(len(queries))], [str(i) for i in range(len(corpus))],
+                        found.indices, found.scores)
+    scores = evaluate_run(qrels, run, ks=ks).mean
+    return {k: v for k, v in scores.items() if k.split("@")[0] in ("ndcg", "recall", "mrr")}
+
+
+# ---------------------------------------------------------------------- the trainer
+class _Trainer:
+    """State of one run. Split into small methods; ``train()`` drives it."""
+
+    def __init__(self, config: TrainConfig, callback: TrainCallback | None):
+        self.config = config
+        self.callback = callback or TrainCallback()
+        self.output_dir = Path(config.output_dir)
+        self.logs: list[dict[str, Any]] = []
+        self.epoch_losses: list[dict[str, Any]] = []
+        self.global_step = 0
+        self.epoch = 0
+        self.micro_step = 0
+        self.epoch_loss_sum = 0.0
+        self.epoch_loss_count = 0
+        self.best_metric: float | None = None
+        self.best_step: int | None = None
+        self.bad_evaluations = 0
+        self.last_metrics: dict[str, float] = {}
+        self.stopped_early = False
+        self.samples_seen = 0
+        self.tokens_seen = 0
+        self.seconds_before_resume = 0.0
+
+    # ------------------------------------------------------------ set-up
+    def load_data(self) -> None:
+        specs = self.config.datasets()
+        self.datasets = [(load_examples(spec.path), spec.weight) for spec in specs]
+        self.eval_examples = load_examples(self.config.eval_dataset) if self.config.eval_dataset else []
+
+    def check_output_dir(self) -> None:
+        out = self.output_dir
+        if self.config.resume_from_checkpoint or self.config.overwrite_output_dir:
+            return
+        if out.exists() and (out.is_file() or any(out.iterdir())):
+            raise ConfigError(f"output dir {out} exists and is not empty: pass --overwrite-output-dir "
+                              "or --resume-from-checkpoint latest")
+
+    def build(self) -> None:
+        import torch
+        from accelerate import Accelerator
+        from accelerate.utils import set_seed
+
+        from embedrag.engine.finetune import load_training_encoder, prepare_for_training
+        from embedrag.engine.loss import InfoNCELoss
+
+        config = self.config
+        self.accelerator = Accelerator(mixed_precision=config.mixed_precision)
+        set_seed(config.seed)
+        self.encoder = load_training_encoder(
+            config.model, config.finetune_type, quantization_bits=config.bits,
+            device=str(self.accelerator.device), pooling=config.pooling,
+            query_instruction=config.query_instruction, passage_instruction=config.passage_instruction,
+            query_max_length=config.query_max_len, passage_max_length=config.passage_max_len)
+        self.encoder.config.extra = {"finetune": self._finetune_record()}
+        prepare_for_training(self.encoder, config.finetune_type, config.lora(),
+                             gradient_checkpointing=config.gradient_checkpointing)
+        self.module = _bi_encoder_class()(self.encoder.model, self.encoder.config.pooling,
+                                          self.encoder.config.normalize)
+        self.parameters = [p for p in self.module.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.parameters, lr=config.learning_rate,
+                                           weight_decay=config.weight_decay)
+        self.sampler = EpochSampler(self.datasets, batch_size=config.batch_size, neg_nums=config.neg_nums,
+                                    seed=config.seed, world_size=self.accelerator.num_processes,
+                                    rank=self.accelerator.process_index)
+        self.micro_steps_per_epoch = self.sampler.steps_per_epoch()
+        if self.micro_steps_per_epoch == 0:
+            raise ConfigError(f"not enough training examples for one batch of {config.batch_size} "
+                              f"x {self.accelerator.num_processes} process(es)")
+        accumulation = config.gradient_accumulation_steps
+        self.updates_per_epoch = math.ceil(self.micro_steps_per_epoch / accumulation)
+        self.total_updates = config.max_steps or config.epochs * self.updates_per_epoch
+        self.num_epochs = math.ceil(self.total_updates / self.updates_per_epoch)
+        self.scheduler = self._scheduler()
+        self.module, self.optimizer = self.accelerator.prepare(self.module, self.optimizer)
+        self.loss_fn = InfoNCELoss(config.temperature, config.in_batch_negatives)
+
+    def _finetune_record(self) -> dict[str, Any]:
+        config = self.config
+        record: dict[str, Any] = {"type": config.finetune_type, "base_model": None,
+                                  "quantization_bits": config.bits, "temperature": config.temperature,
+                                  "train_datasets": config.train_datasets}
+        if config.finetune_type != "full":
+            record.update(lora_r=config.lora_r, lora_alpha=config.lora_alpha,
+                          lora_dropout=config.lora_dropout)
+        return record
+
+    def _scheduler(self):
+        from transformers import get_scheduler
+
+        name = {"constant": "constant_with_warmup"}.get(self.config.scheduler, self.config.scheduler)
+        warmup = int(round(self.config.warmup_proportion * self.total_updates))
+        return get_scheduler(name, self.optimizer, num_warmup_steps=warmup,
+                             num_training_steps=self.total_updates)
+
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    # ------------------------------------------------------------ one step
+    def _forward_loss(self, batch: ContrastiveBatch) -> tuple[torch.Tensor, int]:
+        encoder = self.encoder
+        queries = encoder.pad(encoder.tokenize(batch.queries, "query")["input_ids"])
+        passages = encoder.pad(encoder.tokenize(batch.passages, "passage")["input_ids"])
+        query_vectors, passage_vectors = self.module(queries, passages)
+        loss = self.loss_fn(query_vectors, passage_vectors, **batch.loss_inputs(self.accelerator.device))
+        tokens = int(queries["attention_mask"].sum() + passages["attention_mask"].sum())
+        return loss, tokens
+
+    def _clip(self) -> float:
+        import torch
+
+        limit = self.config.max_grad_norm if self.config.max_grad_norm > 0 else float("inf")
+        if self.accelerator.num_processes > 1 or self.config.mixed_precision == "fp16":
+            norm = self.accelerator.clip_grad_norm_(self.parameters, limit)
+        else:
+            norm = torch.nn.utils.clip_grad_norm_(self.parameters, limit)
+        return float(norm)
+
+    # ------------------------------------------------------------ the loop
+    def run(self) -> TrainResult:
+        config = self.config
+        accumulation = config.gradient_accumulation_steps
+        start = time.perf_counter()
+        self.run_start = start
+        if self.is_main:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            self.writer = self._tensorboard()
+            self.callback.on_start(self.start_info())
+        window_loss = 0.0
+        window_micro = 0
+        while self.epoch < self.num_epochs and not self._done():
+            for batch in self.sampler.batches(self.epoch, self.micro_step):
+                micro_in_epoch = self.micro_step
+                last_of_epoch = micro_in_epoch + 1 == self.micro_steps_per_epoch
+                window_size = min(accumulation, self.micro_steps_per_epoch
+                                  - (micro_in_epoch // accumulation) * accumulation)
+                is_update = (micro_in_epoch + 1) % accumulation == 0 or last_of_epoch
+                sync = nullcontext() if is_update else self.accelerator.no_sync(self.module)
+                with sync:
+                    loss, tokens = self._forward_loss(batch)
+                    self.accelerator.backward(loss / window_size)
+                window_loss += float(loss.detach())
+                window_micro += 1
+                self.samples_seen += len(batch) * self.accelerator.num_processes
+                self.tokens_seen += tokens * self.accelerator.num_processes
+                self.micro_step += 1
+                if not is_update:
+                    continue
+                grad_norm = self._clip()
+                self.optimizer.step()
+                self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.global_step += 1
+                step_loss = self._mean_across_processes(window_loss / window_micro)
+                self.epoch_loss_sum += step_loss
+                self.epoch_loss_count += 1
+                window_loss, window_micro = 0.0, 0
+                self._log_step(step_loss, grad_norm)
+                if last_of_epoch:
+                    self._end_epoch()
+                self._maybe_evaluate(epoch_end=last_of_epoch)
+                self._maybe_checkpoint(epoch_end=last_of_epoch)
+                if self._done():
+                    break
+        seconds = self.seconds_before_resume + time.perf_counter() - start
+        return self._finish(seconds)
+
+    def _done(self) -> bool:
+        return self.global_step >= self.total_updates or self.stopped_early
+
+    def _mean_across_processes(self, value: float) -> float:
+        if self.accelerator.num_processes == 1:
+            return value
+        import torch
+
+        tensor = torch.tensor([value], device=self.accelerator.device)
+        return float(self.accelerator.reduce(tensor, reduction="mean"))
+
+    def _end_epoch(self) -> None:
+        average = self.epoch_loss_sum / max(self.epoch_loss_count, 1)
+        self.epoch_losses.append({"epoch": self.epoch + 1, "average_loss": average,
+                                  "steps": self.epoch_loss_count, "global_step": self.global_step})
+        self.epoch += 1
+        self.micro_step = 0
+        self.epoch_loss_sum, self.epoch_loss_count = 0.0, 0
+
+    def elapsed(self) -> float:
+        return self.seconds_before_resume + time.perf_counter() - self.run_start
+
+    def _log_step(self, loss: float, grad_norm: float) -> None:
+        seconds = self.elapsed()
+        epoch_position = self.epoch + self.micro_step / self.micro_steps_per_epoch
+        log = {
+            "step": self.global_step,
+            "epoch": round(epoch_position, 4),
+            "loss": loss,
+            "lr": self.scheduler.get_last_lr()[0],
+            "grad_norm": grad_norm,
+            "seconds": round(seconds, 3),
+            "samples_per_second": self.samples_seen / max(seconds, 1e-9),
+            "tokens_per_second": self.tokens_seen / max(seconds, 1e-9),
+        }
+        self.logs.append(log)
+        if self.is_main:
+            if self.writer is not None:
+                for key in ("loss", "lr", "grad_norm", "samples_per_second"):
+                    self.writer.add_scalar(f"train/{key}", log[key], self.global_step)
+            self.callback.on_step({**log, "total_steps": self.total_updates})
+
+    # ------------------------------------------------------------ validation
+    def _maybe_evaluate(self, *, epoch_end: bool) -> None:
+        if not self.eval_examples:
+            return
+        due = epoch_end or (self.config.eval_steps and self.global_step % self.config.eval_steps == 0)
+        if not due:
+            return
+        metrics = self.evaluate()
+        self.last_metrics = metrics
+        if self.is_main:
+            if self.writer is not None:
+                for key, value in metrics.items():
+                    self.writer.add_scalar(f"eval/{key}", value, self.global_step)
+            self.callback.on_evaluate({**metrics, "step": self.global_step})
+        self.logs.append({"step": self.global_step, "epoch": round(self.epoch + self.micro_step
+                                                                   / self.micro_steps_per_epoch, 4),
+                          **{f"eval_{k}": v for k, v in metrics.items()}})
+        self._track_best(metrics)
+
+    def evaluate(self) -> dict[str, float]:
+        import torch
+
+        metrics: dict[str, float] = {}
+        losses = []
+        sampler = EpochSampler([(self.eval_examples, 1.0)], batch_size=self.config.batch_size,
+                               neg_nums=self.config.neg_nums, seed=self.config.seed)
+        was_training = self.module.training
+        self.module.eval()
+        try:
+            with torch.no_grad():
+                for batch in sampler.batches(0):
+                    loss, _ = self._forward_loss(batch)
+                    losses.append(float(loss))
+            metrics["loss"] = sum(losses) / max(len(losses), 1)
+            metrics.update(retrieval_metrics(self.encoder, self.eval_examples,
+                                             batch_size=self.config.eval_batch_size))
+        finally:
+            self.module.train(was_training)
+        return metrics
+
+    def _track_best(self, metrics: dict[str, float]) -> None:
+        key = self.config.metric_for_best
+        value = metrics[key]
+        better = (self.best_metric is None
+                  or (value < self.best_metric if key == "loss" else value > self.best_metric))
+        if better:
+            self.best_metric, self.best_step = value, self.global_step
+            self.bad_evaluations = 0
+            if self.is_main:
+                self._save_model(self.output_dir / "best", metrics=metrics)
+        else:
+            self.bad_evaluations += 1
+            patience = self.config.early_stopping_patience
+            if patience is not None and self.bad_evaluations >= patience:
+                logger.info("early stopping: %s did not improve for %d evaluation(s)", key, patience)
+                self.stopped_early = True
+
+    # ------------------------------------------------------------ saving
+    def _unwrapped(self) -> torch.nn.Module:
+        return self.accelerator.unwrap_model(self.module).backbone
+
+    def _write_model_files(self, folder: Path, metrics: dict[str, float] | None = None) -> None:
+        """Adapter (lora/qlora) or full model, tokenizer, embedrag.json, training_config.json."""
+        from embedrag.engine.encoder import EMBEDRAG_CONFIG, quiet_transformers
+
+        backbone = self._unwrapped()
+        encoder = self.encoder
+        encoder.config.extra["finetune"]["base_model"] = encoder.config.base_model
+        if metrics:
+            encoder.config.extra["validation_metrics"] = metrics
+        if self.config.finetune_type == "full":
+            previous, encoder.model = encoder.model, backbone
+            try:
+                encoder.write_files(folder)
+            finally:
+                encoder.model = previous
+        else:
+            with quiet_transformers():
+                backbone.save_pretrained(folder, safe_serialization=True)
+                encoder.tokenizer.save_pretrained(folder)
+            encoder.config.dimension = encoder.dimension
+            _write_json(folder / EMBEDRAG_CONFIG, encoder.config.to_dict())
+        self.config.save(folder / "training_config.json")
+
+    def _save_model(self, target: Path, metrics: dict[str, float] | None = None) -> Path:
+        return self._atomic_folder(target, lambda staging: self._write_model_files(staging, metrics))
+
+    def _atomic_folder(self, target: Path, write) -> Path:
+        """Write into a temporary sibling and rename it into place."""
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+        try:
+            write(staging)
+            if target.exists():
+                old = target.with_name(f".{target.name}.old-{os.getpid()}")
+                os.replace(target, old)
+                os.replace(staging, target)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(staging, target)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        self.callback.on_save(target)
+        return target
+
+    def _maybe_checkpoint(self, *, epoch_end: bool) -> None:
+        names = []
+        if epoch_end and self.config.save_on_epoch_end:
+            names.append(f"checkpoint-epoch-{self.epoch}")
+        if self.config.save_steps and self.global_step % self.config.save_steps == 0:
+            names.append(f"checkpoint-step-{self.global_step}")
+        if not names:
+            return
+        self.accelerator.wait_for_everyone()
+        if self.is_main:
+            for name in names:
+                self._atomic_folder(self.output_dir / name, self._write_checkpoint)
+            self._rotate_checkpoints()
+            self._write_logs()
+        self.accelerator.wait_for_everyone()
+
+    def _write_checkpoint(self, folder: Path) -> None:
+        import torch
+        from safetensors.torch import save_file
+
+        self._write_model_files(folder)
+        trainable = {name: p.detach().cpu().contiguous()
+                     for name, p in self._unwrapped().named_parameters() if p.requires_grad}
+        save_file(trainable, str(folder / TRAINABLE_STATE))
+        torch.save(self.optimizer.state_dict(), folder / "optimizer.pt")
+        torch.save(self.scheduler.state_dict(), folder / "scheduler.pt")
+        torch.save(_rng_state(), folder / "rng_state.pt")
+        # Written last: a checkpoint without it is incomplete and never resumed from.
+        _write_json(folder / TRAINER_STATE, self._state())
+
+    def _state(self) -> dict[str, Any]:
+        return {
+            "global_step": self.global_step, "epoch": self.epoch, "micro_step": self.micro_step,
+            "epoch_loss_sum": self.epoch_loss_sum, "epoch_loss_count": self.epoch_loss_count,
+            "best_metric": self.best_metric, "best_step": self.best_step,
+            "bad_evaluations": self.bad_evaluations, "last_metrics": self.last_metrics,
+            "samples_seen": self.samples_seen, "tokens_seen": self.tokens_seen,
+            "seconds": self.elapsed(), "total_updates": self.total_updates,
+            "logs": self.logs, "epoch_losses": self.epoch_losses,
+            "finetune_type": self.config.finetune_type,
+        }
+
+    def _rotate_checkpoints(self) -> None:
+        limit = self.config.save_total_limit
+        if not limit:
+            return
+        found = checkpoint_dirs(self.output_dir)
+        for old in found[:-limit]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def resume(self, checkpoint: Path) -> None:
+        import torch
+        from safetensors.torch import load_file
+
+        state = json.loads((checkpoint / TRAINER_STATE).read_text(encoding="utf-8"))
+        if state.get("finetune_type") != self.config.finetune_type:
+            raise ConfigError(f"{checkpoint} was trained with --finetune-type "
+                              f"{state.get('finetune_type')}, not {self.config.finetune_type}")
+        weights = load_file(str(checkpoint / TRAINABLE_STATE), device=str(self.accelerator.device))
+        backbone = self._unwrapped()
+        named = dict(backbone.named_parameters())
+        missing = [name for name, p in named.items() if p.requires_grad and name not in weights]
+        if missing or set(weights) - set(named):
+            raise ConfigError(f"{checkpoint} does not match this model/options "
+                              f"({len(missing)} missing, {len(set(weights) - set(named))} unexpected weights)")
+        with torch.no_grad():
+            for name, value in weights.items():
+                named[name].copy_(value)
+        self.optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=False))
+        self.scheduler.load_state_dict(torch.load(checkpoint / "scheduler.pt", weights_only=False))
+        _set_rng_state(torch.load(checkpoint / "rng_state.pt", weights_only=False))
+        for key in ("global_step", "epoch", "micro_step", "epoch_loss_sum", "epoch_loss_count",
+                    "best_metric", "best_step", "bad_evaluations", "last_metrics", "samples_seen",
+                    "tokens_seen", "logs", "epoch_losses"):
+            setattr(self, key, state[key])
+        self.seconds_before_resume = state["seconds"]
+        if self.micro_step >= self.micro_steps_per_epoch:
+            self.epoch, self.micro_step = self.epoch + 1, 0
+
+    # ------------------------------------------------------------ reporting
+    def _tensorboard(self):
+        if not self.config.tensorboard:
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            logger.warning("tensorboard is not installed: no runs/ event files")
+            return None
+        return SummaryWriter(log_dir=str(self.output_dir / "runs"))
+
+    def start_info(self) -> dict[str, Any]:
+        from embedrag.engine.finetune import count_parameters
+
+        trainable, total = count_parameters(self._unwrapped())
+        return {
+            "model": self.encoder.name, "finetune_type": self.config.finetune_type,
+            "quantization_bits": self.config.bits,
+            "examples": sum(len(e) for e, _ in self.datasets),
+            "eval_examples": len(self.eval_examples),
+            "steps_per_epoch": self.updates_per_epoch, "total_steps": self.total_updates,
+            "epochs": self.num_epochs, "start_step": self.global_step,
+            "trainable_parameters": trainable, "total_parameters": total,
+            "device": str(self.accelerator.device), "processes": self.accelerator.num_processes,
+        }
+
+    def _write_logs(self) -> None:
+        _write_json(self.output_dir / DETAILED_LOGS, self.logs)
+        _write_json(self.output_dir / EPOCH_LOSSES, self.epoch_losses)
+
+    def _finish(self, seconds: float) -> TrainResult:
+        import torch
+
+        self.accelerator.wait_for_everyone()
+        final = self.output_dir / "final"
+        best = self.output_dir / "best" if self.best_step is not None else None
+        summary: dict[str, Any] = {}
+        if self.is_main:
+            if self.epoch_loss_count:  # a run that stopped mid-epoch still reports it
+                self.epoch_losses.append({"epoch": self.epoch + 1, "average_loss": self.epoch_loss_sum
+                                          / self.epoch_loss_count, "steps": self.epoch_loss_count,
+                                          "global_step": self.global_step, "partial": True})
+            self._save_model(final, metrics=self.last_metrics or None)
+            self._write_logs()
+            device_type = torch.device(self.accelerator.device).type
+            summary = {
+                "config": self.config.to_dict(),
+                "start": self.start_info(),
+                "global_step": self.global_step,
+                "epochs_completed": self.epoch,
+                "wall_time_seconds": round(seconds, 3),
+                "samples_per_second": self.samples_seen / max(seconds, 1e-9),
+                "tokens_per_second": self.tokens_seen / max(seconds, 1e-9),
+                "peak_memory_bytes": _peak_memory_bytes(device_type),
+                "peak_memory_kind": "cuda max_memory_allocated" if device_type == "cuda"
+                else "process peak RSS",
+                "final_loss": self.logs[-1]["loss"] if self.logs and "loss" in self.logs[-1] else None,
+                "best_metric": {"name": self.config.metric_for_best, "value": self.best_metric,
+                                "step": self.best_step} if self.best_step is not None else None,
+                "final_metrics": self.last_metrics,
+                "stopped_early": self.stopped_early,
+                "outputs": {"final": str(final), "best": str(best) if best else None},
+            }
+            _write_json(self.output_dir / SUMMARY_REPORT, summary)
+            if self.writer is not None:
+                self.writer.close()
+        result = TrainResult(output_dir=self.output_dir, final_dir=final, best_dir=best,
+                             global_step=self.global_step, epochs_completed=self.epoch,
+                             best_metric=self.best_metric, last_metrics=self.last_metrics,
+                             stopped_early=self.stopped_early, seconds=seconds, summary=summary)
+        if self.is_main:
+            self.callback.on_end(result)
+        return result
+
+    # ------------------------------------------------------------ dry run
+    def dry_run(self) -> DryRunReport:
+        from embedrag.engine.finetune import count_parameters
+
+        batch = next(iter(self.sampler.batches(0)))
+        queries = self.encoder.pad(self.encoder.tokenize(batch.queries, "query")["input_ids"])
+        passages = self.encoder.pad(self.encoder.tokenize(batch.passages, "passage")["input_ids"])
+        trainable, total = count_parameters(self._unwrapped())
+        return DryRunReport(
+            config=self.config.to_dict(), trainable_parameters=trainable, total_parameters=total,
+            steps_per_epoch=self.updates_per_epoch, total_steps=self.total_updates,
+            first_batch={"queries": list(queries["input_ids"].shape),
+                         "passages": list(passages["input_ids"].shape),
+                         "negatives_per_query": (len(batch.passages) - len(batch)) / max(len(batch), 1)})
+
+
+def train(config: TrainConfig, callback: TrainCallback | None = None) -> TrainResult:
+    """Fine-tune ``config.model`` on ``config.train_datasets``; see :class:`TrainConfig`."""
+    from embedrag.engine.finetune import quiet_bitsandbytes
+
+    config.validate()
+    quiet_bitsandbytes()
+    trainer = _Trainer(config, callback)
+    trainer.load_data()  # bad data fails here, before a model is loaded
+    trainer.check_output_dir()
+    trainer.build()
+    if config.resume_from_checkpoint:
+        trainer.resume(find_checkpoint(trainer.output_dir, config.resume_from_checkpoint))
+    return trainer.run()
+
+
+def dry_run(config: TrainConfig) -> DryRunReport:
+    """Resolve everything a run would, build the first batch, train nothing."""
+    from embedrag.engine.finetune import quiet_bitsandbytes
+
+    config.validate()
+    quiet_bitsandbytes()
+    trainer = _Trainer(config, None)
+    trainer.load_data()
+    trainer.build()
+    return trainer.dry_run()

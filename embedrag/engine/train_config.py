@@ -1,0 +1,169 @@
+"""TrainConfig: every option of ``embedrag train``, validated in one place."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from embedrag.engine.errors import ConfigError
+from embedrag.engine.finetune import FINETUNE_TYPES, LoraSettings
+from embedrag.engine.models import DEFAULT_MODEL
+
+SCHEDULERS = ("linear", "cosine", "constant")
+MIXED_PRECISION = ("no", "fp16", "bf16")
+BEST_METRICS = ("ndcg@10", "recall@10", "mrr@10", "loss")
+
+
+@dataclass
+class DatasetSpec:
+    """A training file and its sampling weight (``path:weight`` on the command line)."""
+
+    path: str
+    weight: float = 1.0
+
+    @classmethod
+    def parse(cls, spec: str) -> DatasetSpec:
+        path, sep, weight = spec.rpartition(":")
+        if sep and path and not Path(spec).exists():
+            try:
+                value = float(weight)
+            except ValueError:
+                return cls(spec)
+            if value <= 0:
+                raise ConfigError(f"dataset weight must be positive in {spec!r}")
+            return cls(path, value)
+        return cls(spec)
+
+
+@dataclass
+class TrainConfig:
+    """Options of a fine-tuning run; see DESIGN.md (train) for their meaning."""
+
+    train_datasets: list[str] = field(default_factory=list)
+    output_dir: str = ""
+    model: str = DEFAULT_MODEL
+    finetune_type: str = "qlora"
+    quantization_bits: int | None = None
+    eval_dataset: str | None = None
+    batch_size: int = 16
+    gradient_accumulation_steps: int = 1
+    lr: float | None = None
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    epochs: int = 2
+    max_steps: int | None = None
+    neg_nums: int = 2
+    temperature: float = 0.02
+    in_batch_negatives: bool = True
+    query_max_len: int = 256
+    passage_max_len: int = 1024
+    pooling: str = "auto"
+    query_instruction: str | None = None
+    passage_instruction: str | None = None
+    lora_r: int = 8
+    lora_alpha: int = 32
+    lora_dropout: float = 0.1
+    lora_target_modules: str = "auto"
+    warmup_proportion: float = 0.05
+    scheduler: str = "linear"
+    save_on_epoch_end: bool = True
+    save_steps: int | None = None
+    save_total_limit: int | None = None
+    mixed_precision: str = "no"
+    gradient_checkpointing: bool = False
+    eval_steps: int | None = None
+    eval_batch_size: int = 64
+    metric_for_best: str = "ndcg@10"
+    early_stopping_patience: int | None = None
+    resume_from_checkpoint: str | None = None
+    cross_device_negatives: bool | None = None
+    overwrite_output_dir: bool = False
+    tensorboard: bool = True
+    seed: int = 42
+
+    # ------------------------------------------------------------------ derived values
+    @property
+    def learning_rate(self) -> float:
+        if self.lr is not None:
+            return self.lr
+        return 1e-5 if self.finetune_type == "full" else 1e-4
+
+    @property
+    def bits(self) -> int | None:
+        if self.finetune_type != "qlora":
+            return None
+        return self.quantization_bits or 4
+
+    def datasets(self) -> list[DatasetSpec]:
+        return [DatasetSpec.parse(s) for s in self.train_datasets]
+
+    def lora(self) -> LoraSettings:
+        return LoraSettings(r=self.lora_r, alpha=self.lora_alpha, dropout=self.lora_dropout,
+                            target_modules=self.lora_target_modules)
+
+    # ------------------------------------------------------------------ checks
+    def validate(self) -> TrainConfig:
+        """Raise :class:`ConfigError` for the first impossible option; return self."""
+        problems = list(self._problems())
+        if problems:
+            raise ConfigError(problems[0])
+        return self
+
+    def _problems(self):
+        if not self.train_datasets:
+            yield "--train-dataset is required"
+        if not self.output_dir:
+            yield "--output-dir is required"
+        if self.finetune_type not in FINETUNE_TYPES:
+            yield f"--finetune-type must be one of {', '.join(FINETUNE_TYPES)}, got {self.finetune_type!r}"
+        if self.quantization_bits is not None:
+            if self.finetune_type != "qlora":
+                yield f"--quantization-bits only applies to --finetune-type qlora, not {self.finetune_type}"
+            elif self.quantization_bits not in (4, 8):
+                yield f"--quantization-bits must be 4 or 8, got {self.quantization_bits}"
+        for name in ("batch_size", "gradient_accumulation_steps", "epochs", "query_max_len",
+                     "passage_max_len", "lora_r", "lora_alpha", "eval_batch_size"):
+            if getattr(self, name) <= 0:
+                yield f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}"
+        for name in ("max_steps", "save_steps", "save_total_limit", "eval_steps", "early_stopping_patience"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                yield f"--{name.replace('_', '-')} must be positive, got {value}"
+        if self.neg_nums < 0:
+            yield f"--neg-nums must be >= 0, got {self.neg_nums}"
+        if self.temperature <= 0:
+            yield f"--temperature must be positive, got {self.temperature}"
+        if self.lr is not None and self.lr <= 0:
+            yield f"--lr must be positive, got {self.lr}"
+        if not 0 <= self.warmup_proportion < 1:
+            yield f"--warmup-proportion must be in [0, 1), got {self.warmup_proportion}"
+        if not 0 <= self.lora_dropout < 1:
+            yield f"--lora-dropout must be in [0, 1), got {self.lora_dropout}"
+        if self.scheduler not in SCHEDULERS:
+            yield f"--scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}"
+        if self.mixed_precision not in MIXED_PRECISION:
+            yield f"--mixed-precision must be one of {', '.join(MIXED_PRECISION)}, got {self.mixed_precision!r}"
+        if self.metric_for_best not in BEST_METRICS:
+            yield f"--metric-for-best must be one of {', '.join(BEST_METRICS)}, got {self.metric_for_best!r}"
+        if self.early_stopping_patience is not None and not self.eval_dataset:
+            yield "--early-stopping-patience needs --eval-dataset"
+        if self.eval_steps is not None and not self.eval_dataset:
+            yield "--eval-steps needs --eval-dataset"
+        if self.pooling not in ("auto", "cls", "mean", "last"):
+            yield f"--pooling must be auto, cls, mean or last, got {self.pooling!r}"
+
+    # ------------------------------------------------------------------ (de)serialising
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown training option(s): {', '.join(unknown)}")
+        return cls(**data)
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

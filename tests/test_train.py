@@ -1,0 +1,180 @@
+"""Training on the tiny models: every fine-tune type learns, saves, reloads, resumes."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+from safetensors.torch import load_file
+
+from embedrag import Encoder
+from embedrag.engine.errors import ConfigError
+from embedrag.engine.train import TrainCallback, train
+from embedrag.engine.train_config import TrainConfig
+
+TOPICS = ["apple", "river", "music", "stone", "cloud", "train", "green", "paper", "light",
+          "sugar", "horse", "glass", "tiger", "ocean", "piano", "maple"]
+
+
+def _toy_rows(seed=0):
+    rng = random.Random(seed)
+    rows = []
+    for topic in TOPICS:
+        others = rng.sample([t for t in TOPICS if t != topic], 3)
+        rows.append({"query": f"tell me about {topic}",
+                     "pos": [f"{topic} {topic}: all about the {topic}"],
+                     "neg": [f"{o} {o}: all about the {o}" for o in others]})
+    return rows
+
+
+@pytest.fixture(scope="module")
+def toy_data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("toy")
+    train_path = folder / "train.jsonl"
+    train_path.write_text("\n".join(json.dumps(r) for r in _toy_rows(0)) + "\n")
+    eval_path = folder / "eval.jsonl"
+    eval_path.write_text("\n".join(json.dumps(r) for r in _toy_rows(1)[:8]) + "\n")
+    return train_path, eval_path
+
+
+class Recorder(TrainCallback):
+    def __init__(self):
+        self.losses, self.saved, self.metrics = [], [], []
+
+    def on_step(self, log):
+        self.losses.append(log["loss"])
+
+    def on_save(self, path):
+        self.saved.append(path.name)
+
+    def on_evaluate(self, metrics):
+        self.metrics.append(metrics)
+
+
+def _config(model, data, out, finetune_type, **overrides):
+    values = dict(train_datasets=[str(data)], output_dir=str(out), model=str(model),
+                  finetune_type=finetune_type, batch_size=4, max_steps=20, neg_nums=2,
+                  lr=1e-3 if finetune_type == "full" else 5e-3, warmup_proportion=0.0,
+                  save_on_epoch_end=False, tensorboard=False, lora_dropout=0.0)
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+FINETUNES = [("full", None), ("lora", None), ("qlora", 4), ("qlora", 8)]
+
+
+@pytest.mark.parametrize("finetune_type, bits", FINETUNES, ids=["full", "lora", "qlora4", "qlora8"])
+@pytest.mark.parametrize("model_fixture", ["tiny_bert", "tiny_qwen2"])
+def test_loss_falls_and_final_reloads(model_fixture, finetune_type, bits, toy_data, tmp_path, request):
+    model = request.getfixturevalue(model_fixture)
+    recorder = Recorder()
+    config = _config(model, toy_data[0], tmp_path / "out", finetune_type, quantization_bits=bits)
+    result = train(config, recorder)
+    assert result.global_step == 20 and len(recorder.losses) == 20
+    first, last = np.mean(recorder.losses[:5]), np.mean(recorder.losses[-5:])
+    assert last < 0.8 * first, (first, last)
+
+    final = result.final_dir
+    expected = {"full": "model.safetensors"}.get(finetune_type, "adapter_model.safetensors")
+    assert (final / expected).is_file()
+    assert (final / "training_config.json").is_file()
+    settings = json.loads((final / "embedrag.json").read_text())
+    assert settings["extra"]["finetune"]["type"] == finetune_type
+    assert settings["extra"]["finetune"]["quantization_bits"] == bits
+    vectors = Encoder.load(final, device="cpu").encode(["tell me about apple", "apple apple"])
+    assert vectors.shape[0] == 2 and np.isfinite(vectors).all()
+
+
+def _interrupt_after_first_epoch():
+    class Interrupt(TrainCallback):
+        def on_save(self, path):
+            if path.name == "checkpoint-epoch-1":
+                raise KeyboardInterrupt
+
+    return Interrupt()
+
+
+@pytest.mark.parametrize("finetune_type", ["lora", "full"])
+def test_resume_reaches_the_same_weights(tiny_bert, toy_data, tmp_path, finetune_type):
+    options = dict(max_steps=None, epochs=2, save_on_epoch_end=True, lora_dropout=0.1,
+                   warmup_proportion=0.2)
+    straight = train(_config(tiny_bert, toy_data[0], tmp_path / "a", finetune_type, **options))
+    with pytest.raises(KeyboardInterrupt):
+        train(_config(tiny_bert, toy_data[0], tmp_path / "b", finetune_type, **options),
+              _interrupt_after_first_epoch())
+    assert not (tmp_path / "b" / "final").exists()
+    resumed = train(_config(tiny_bert, toy_data[0], tmp_path / "b", finetune_type,
+                            resume_from_checkpoint="latest", **options))
+    assert resumed.global_step == straight.global_step == 8
+    name = "model.safetensors" if finetune_type == "full" else "adapter_model.safetensors"
+    a, b = load_file(straight.final_dir / name), load_file(resumed.final_dir / name)
+    assert a.keys() == b.keys()
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-6
+    logs_a = json.loads((tmp_path / "a" / "detailed_training_logs.json").read_text())
+    logs_b = json.loads((tmp_path / "b" / "detailed_training_logs.json").read_text())
+    assert [r["loss"] for r in logs_a] == pytest.approx([r["loss"] for r in logs_b], abs=1e-6)
+
+
+def test_validation_logs_tensorboard_and_best(tiny_bert, toy_data, tmp_path):
+    recorder = Recorder()
+    config = _config(tiny_bert, toy_data[0], tmp_path / "out", "lora", max_steps=None, epochs=3,
+                     eval_dataset=str(toy_data[1]), save_on_epoch_end=True, tensorboard=True,
+                     save_total_limit=2)
+    result = train(config, recorder)
+    out = tmp_path / "out"
+    assert len(recorder.metrics) == 3
+    assert {"loss", "ndcg@10", "recall@10", "mrr@10"} <= set(recorder.metrics[0])
+    assert result.best_dir == out / "best" and (out / "best" / "adapter_model.safetensors").is_file()
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-epoch-2", "checkpoint-epoch-3"]
+
+    detailed = json.loads((out / "detailed_training_logs.json").read_text())
+    step_rows = [r for r in detailed if "loss" in r]
+    assert len(step_rows) == result.global_step
+    assert {"step", "epoch", "loss", "lr", "grad_norm", "seconds"} <= set(step_rows[0])
+    losses = json.loads((out / "training_losses.json").read_text())
+    assert [r["epoch"] for r in losses] == [1, 2, 3]
+    summary = json.loads((out / "training_summary_report.json").read_text())
+    assert summary["config"]["finetune_type"] == "lora"
+    assert summary["peak_memory_bytes"] > 0 and summary["wall_time_seconds"] > 0
+    assert summary["best_metric"]["name"] == "ndcg@10"
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "runs"))
+    events.Reload()
+    assert "train/loss" in events.Tags()["scalars"]
+    assert len(events.Scalars("train/loss")) == result.global_step
+    assert "eval/ndcg@10" in events.Tags()["scalars"]
+
+
+def test_gradient_checkpointing_still_trains_lora(tiny_qwen2, toy_data, tmp_path):
+    config = _config(tiny_qwen2, toy_data[0], tmp_path / "out", "lora", max_steps=3,
+                     gradient_checkpointing=True)
+    result = train(config)
+    weights = load_file(result.final_dir / "adapter_model.safetensors")
+    lora_b = [v for k, v in weights.items() if "lora_B" in k]
+    assert lora_b and all(float(v.abs().max()) > 0 for v in lora_b)  # B starts at zero
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"finetune_type": "full", "quantization_bits": 4}, "only applies to --finetune-type qlora"),
+    ({"quantization_bits": 3}, "must be 4 or 8"),
+    ({"batch_size": 0}, "--batch-size must be positive"),
+    ({"temperature": 0.0}, "--temperature must be positive"),
+    ({"early_stopping_patience": 2}, "needs --eval-dataset"),
+    ({"finetune_type": "adapter"}, "--finetune-type must be one of"),
+])
+def test_impossible_options_are_config_errors(overrides, message, tmp_path):
+    values = {"finetune_type": "qlora", **overrides}
+    config = TrainConfig(train_datasets=["x.jsonl"], output_dir=str(tmp_path), **values)
+    with pytest.raises(ConfigError, match=message):
+        config.validate()
+
+
+def test_existing_output_dir_is_refused(tiny_bert, toy_data, tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "something").write_text("x")
+    with pytest.raises(ConfigError, match="not empty"):
+        train(_config(tiny_bert, toy_data[0], tmp_path / "out", "lora"))
