@@ -24,6 +24,11 @@ _EXPORTS = {
     "read_examples": "embedrag.engine.data",
     "load_examples": "embedrag.engine.data",
     "validate_files": "embedrag.engine.data",
+    "TrainConfig": "embedrag.engine.train_config",
+    "train": "embedrag.engine.train",
+    "TrainResult": "embedrag.engine.train",
+    "TrainCallback": "embedrag.engine.train",
+    "InfoNCELoss": "embedrag.engine.loss",
     "EmbedragError": "embedrag.engine.errors",
     "DataError": "embedrag.engine.errors",
     "ModelNotFoundError": "embedrag.engine.errors",
@@ -50,4 +55,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from embedrag.engine.data import Example, load_examples, read_examples, validate_files
     from embedrag.engine.encoder import EmbeddingConfig, Encoder
     from embedrag.engine.errors import ConfigError, DataError, EmbedragError, ModelNotFoundError
+    from embedrag.engine.loss import InfoNCELoss
     from embedrag.engine.models import ResolvedModel, resolve_model
+    from embedrag.engine.train import TrainCallback, TrainResult, train
+    from embedrag.engine.train_config import TrainConfig

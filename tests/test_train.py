@@ -124,7 +124,8 @@ def test_validation_logs_tensorboard_and_best(tiny_bert, toy_data, tmp_path):
                      save_total_limit=2)
     result = train(config, recorder)
     out = tmp_path / "out"
-    assert len(recorder.metrics) == 3
+    assert [m["step"] for m in recorder.metrics][0] == 0  # the baseline comes first
+    assert len(recorder.metrics) == 4
     assert {"loss", "ndcg@10", "recall@10", "mrr@10"} <= set(recorder.metrics[0])
     assert result.best_dir == out / "best" and (out / "best" / "adapter_model.safetensors").is_file()
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-epoch-2", "checkpoint-epoch-3"]

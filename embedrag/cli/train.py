@@ -84,8 +84,10 @@ def _summary_table(result) -> Table:
         table.add_row("peak memory", f"{peak / 2**20:.0f} MiB ({summary.get('peak_memory_kind')})")
     if summary.get("final_loss") is not None:
         table.add_row("last loss", f"{summary['final_loss']:.4f}")
+    base = summary.get("base_metrics") or {}
     for key, value in result.last_metrics.items():
-        table.add_row(f"validation {key}", f"{value:.4f}")
+        before = f"  (base {base[key]:.4f})" if key in base else ""
+        table.add_row(f"validation {key}", f"{value:.4f}{before}")
     if result.best_dir:
         best = summary.get("best_metric") or {}
         table.add_row("best", f"{best.get('name')} {best.get('value', 0):.4f} at step "
@@ -168,6 +170,9 @@ def train(
         help="auto/all-linear, or comma-separated module names.", rich_help_panel=_LORA)] = "auto",
     eval_steps: Annotated[int | None, typer.Option(
         "--eval-steps", help="Also validate every N steps.", rich_help_panel=_EVAL)] = None,
+    eval_on_start: Annotated[bool, typer.Option(
+        "--eval-on-start/--no-eval-on-start", help="Validate the untrained model first (the baseline).",
+        rich_help_panel=_EVAL)] = True,
     metric_for_best: Annotated[str, typer.Option(
         "--metric-for-best", help="ndcg@10, recall@10, mrr@10 or loss.", rich_help_panel=_EVAL)] = "ndcg@10",
     early_stopping_patience: Annotated[int | None, typer.Option(
@@ -204,7 +209,7 @@ def train(
         lora_target_modules=lora_target_modules, warmup_proportion=warmup_proportion,
         scheduler=scheduler, save_on_epoch_end=save_on_epoch_end, save_steps=save_steps,
         save_total_limit=save_total_limit, mixed_precision=mixed_precision,
-        gradient_checkpointing=gradient_checkpointing, eval_steps=eval_steps,
+        gradient_checkpointing=gradient_checkpointing, eval_steps=eval_steps, eval_on_start=eval_on_start,
         metric_for_best=metric_for_best, early_stopping_patience=early_stopping_patience,
         resume_from_checkpoint=resume_from_checkpoint, overwrite_output_dir=overwrite_output_dir,
         seed=seed,

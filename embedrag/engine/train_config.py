@@ -73,6 +73,7 @@ class TrainConfig:
     mixed_precision: str = "no"
     gradient_checkpointing: bool = False
     eval_steps: int | None = None
+    eval_on_start: bool = True
     eval_batch_size: int = 64
     metric_for_best: str = "ndcg@10"
     early_stopping_patience: int | None = None
