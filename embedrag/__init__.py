@@ -29,6 +29,8 @@ _EXPORTS = {
     "TrainResult": "embedrag.engine.train",
     "TrainCallback": "embedrag.engine.train",
     "InfoNCELoss": "embedrag.engine.loss",
+    "merge": "embedrag.engine.merge",
+    "MergeResult": "embedrag.engine.merge",
     "EmbedragError": "embedrag.engine.errors",
     "DataError": "embedrag.engine.errors",
     "ModelNotFoundError": "embedrag.engine.errors",
@@ -56,6 +58,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from embedrag.engine.encoder import EmbeddingConfig, Encoder
     from embedrag.engine.errors import ConfigError, DataError, EmbedragError, ModelNotFoundError
     from embedrag.engine.loss import InfoNCELoss
+    from embedrag.engine.merge import MergeResult, merge
     from embedrag.engine.models import ResolvedModel, resolve_model
     from embedrag.engine.train import TrainCallback, TrainResult, train
     from embedrag.engine.train_config import TrainConfig

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 
+from test_train import _toy_rows
 from typer.testing import CliRunner
 
 from embedrag.cli import app
-from test_train import _toy_rows
 
 runner = CliRunner()
 

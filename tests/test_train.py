@@ -150,8 +150,9 @@ def test_validation_logs_tensorboard_and_best(tiny_bert, toy_data, tmp_path):
     assert "eval/ndcg@10" in events.Tags()["scalars"]
 
 
-def test_gradient_checkpointing_still_trains_lora(tiny_qwen2, toy_data, tmp_path):
-    config = _config(tiny_qwen2, toy_data[0], tmp_path / "out", "lora", max_steps=3,
+@pytest.mark.parametrize("finetune_type", ["lora", "qlora"])
+def test_gradient_checkpointing_still_trains_lora(tiny_qwen2, toy_data, tmp_path, finetune_type):
+    config = _config(tiny_qwen2, toy_data[0], tmp_path / "out", finetune_type, max_steps=3,
                      gradient_checkpointing=True)
     result = train(config)
     weights = load_file(result.final_dir / "adapter_model.safetensors")

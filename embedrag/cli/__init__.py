@@ -11,6 +11,7 @@ import typer
 
 from embedrag import __version__
 from embedrag.cli import doctor as _doctor
+from embedrag.cli import merge as _merge
 from embedrag.cli import train as _train
 from embedrag.cli import validate as _validate
 from embedrag.cli._common import setup_logging, state
@@ -46,6 +47,7 @@ def _root(
 
 
 app.command(name="train")(_train.train)
+app.command(name="merge")(_merge.merge)
 app.command(name="validate")(_validate.validate)
 app.command(name="doctor")(_doctor.doctor)
 

@@ -117,13 +117,11 @@ def release_checkpoint_mapping(model: torch.nn.Module) -> None:
 def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
     """Checkpoint activations so that LoRA still trains: non-reentrant checkpoints and
     inputs that require grad (frozen embeddings would otherwise cut the graph)."""
-    kwargs = {"gradient_checkpointing_kwargs": {"use_reentrant": False}}
-    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        enable(**kwargs)
+    options = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=options)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=options)
     if hasattr(model, "enable_input_require_grads"):
         model.enable_input_require_grads()
 
@@ -181,13 +179,15 @@ def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
 
 
 def load_adapter_encoder(folder: Path, *, device: str | None = None, trust_remote_code: bool = False,
-                         allow_download: bool = True, **settings) -> Encoder:
+                         allow_download: bool = True, base_model: str | None = None,
+                         **settings) -> Encoder:
     """An adapter folder on its base model, unmerged: quantised the way it was trained."""
     from embedrag.engine.encoder import Encoder, read_embedding_config
 
+    folder = Path(folder)
     saved = read_embedding_config(folder)
     adapter_config = json.loads((folder / ADAPTER_CONFIG).read_text(encoding="utf-8"))
-    base = (saved.base_model if saved and saved.base_model else None) or adapter_config.get(
+    base = base_model or (saved.base_model if saved and saved.base_model else None) or adapter_config.get(
         "base_model_name_or_path")
     if not base:
         raise ModelNotFoundError(f"{folder}: adapter does not record its base model")
