@@ -30,6 +30,10 @@ _EXPORTS = {
     "TrainCallback": "embedrag.engine.train",
     "InfoNCELoss": "embedrag.engine.loss",
     "merge": "embedrag.engine.merge",
+    "evaluate": "embedrag.engine.evaluate",
+    "EvaluationReport": "embedrag.engine.evaluate",
+    "load_beir_testset": "embedrag.engine.testsets",
+    "load_jsonl_testset": "embedrag.engine.testsets",
     "MergeResult": "embedrag.engine.merge",
     "EmbedragError": "embedrag.engine.errors",
     "DataError": "embedrag.engine.errors",
@@ -57,8 +61,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from embedrag.engine.data import Example, load_examples, read_examples, validate_files
     from embedrag.engine.encoder import EmbeddingConfig, Encoder
     from embedrag.engine.errors import ConfigError, DataError, EmbedragError, ModelNotFoundError
+    from embedrag.engine.evaluate import EvaluationReport, evaluate
     from embedrag.engine.loss import InfoNCELoss
     from embedrag.engine.merge import MergeResult, merge
     from embedrag.engine.models import ResolvedModel, resolve_model
+    from embedrag.engine.testsets import load_beir_testset, load_jsonl_testset
     from embedrag.engine.train import TrainCallback, TrainResult, train
     from embedrag.engine.train_config import TrainConfig

@@ -1,0 +1,106 @@
+"""``embedrag eval``: Top-K retrieval metrics, several models side by side."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from embedrag.cli._common import console, reports_errors
+
+DEFAULT_TABLE = "ndcg@10,recall@10,mrr@10,map@10,precision@10,hit@5,recall@100"
+
+
+def _parse_ks(value: str) -> list[int]:
+    from embedrag.engine.errors import ConfigError
+
+    try:
+        return [int(part) for part in value.split(",") if part.strip()]
+    except ValueError as exc:
+        raise ConfigError(f"--k must be comma-separated integers, got {value!r}") from exc
+
+
+def _table(report, metrics: list[str]) -> Table:
+    baseline = report.models[0]
+    table = Table(title=f"{escape(report.test_set['name'])}: {report.test_set['queries']} queries, "
+                        f"{report.test_set['corpus']} passages ({report.candidates})", title_justify="left")
+    table.add_column("model", style="bold")
+    for metric in metrics:
+        table.add_column(metric, justify="right")
+    table.add_column("passages/s", justify="right")
+    for model in report.models:
+        cells = []
+        for metric in metrics:
+            value = f"{model.metrics[metric]:.4f}"
+            if model is not baseline:
+                gain = report.gain(model, metric)
+                colour = "green" if gain > 0 else "red" if gain < 0 else "dim"
+                value += f" [{colour}]({gain:+.4f})[/]"
+            cells.append(value)
+        speed = "cached" if model.corpus_cached else f"{model.passages_per_second:.1f}"
+        table.add_row(escape(model.name), *cells, speed)
+    return table
+
+
+@reports_errors
+def eval_command(
+    test_dataset: Annotated[Path | None, typer.Option(
+        "--test-dataset", "--test_dataset", help="JSONL test set (query + pos, neg optional).")] = None,
+    beir: Annotated[Path | None, typer.Option(help="A BEIR folder instead (corpus.jsonl, queries.jsonl, qrels/).")] = None,
+    split: Annotated[str, typer.Option(help="BEIR qrels split.")] = "test",
+    model: Annotated[list[str] | None, typer.Option(
+        "--model", "-m", help="NAME=PATH (repeatable; the first is the baseline). PATH: a model folder, "
+        "hub id or a training final/ adapter. [default: all-MiniLM-L6-v2]", show_default=False)] = None,
+    k: Annotated[str, typer.Option("--k", help="Cut-offs, comma-separated.")] = "1,3,5,10,100",
+    candidates: Annotated[str, typer.Option(
+        help="'all': rank the whole corpus; 'per-query': only each JSONL line's own pos + neg.")] = "all",
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 64,
+    max_length: Annotated[int | None, typer.Option(
+        "--max-length", min=1, help="Override every model's query/passage token limit.")] = None,
+    cache_dir: Annotated[Path | None, typer.Option(
+        "--cache-dir", help="Corpus-embedding cache. [default: ~/.cache/embedrag/embeddings]",
+        show_default=False)] = None,
+    cache: Annotated[bool, typer.Option("--cache/--no-cache", help="Reuse cached corpus embeddings.")] = True,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write a JSON report.")] = None,
+    per_query: Annotated[bool, typer.Option("--per-query", help="Per-query metrics in the JSON report.")] = False,
+    plot: Annotated[Path | None, typer.Option("--plot", help="Write a PNG bar chart (needs matplotlib).")] = None,
+    table_metrics: Annotated[str, typer.Option(
+        "--metrics", help="Metrics shown in the table and chart.")] = DEFAULT_TABLE,
+) -> None:
+    """Evaluate Top-K retrieval: Hit, Recall, Precision, MRR, nDCG and MAP @K, as trec_eval does."""
+    from embedrag.engine.errors import ConfigError
+    from embedrag.engine.metrics import check_ks
+
+    ks = check_ks(_parse_ks(k))
+    if (test_dataset is None) == (beir is None):
+        raise ConfigError("pass exactly one of --test-dataset FILE or --beir FOLDER")
+    from embedrag.engine.evaluate import evaluate, plot_report
+    from embedrag.engine.testsets import load_beir_testset, load_jsonl_testset
+
+    with console.status("reading the test set..."):
+        test_set = load_jsonl_testset(test_dataset) if test_dataset else load_beir_testset(beir, split)
+    shown = [m.strip() for m in table_metrics.split(",") if m.strip()]
+    known = {f"{name}@{cut}" for name in ("ndcg", "recall", "precision", "map", "mrr", "hit") for cut in ks}
+    shown = [m for m in shown if m in known] or [f"ndcg@{ks[-1] if 10 not in ks else 10}"]
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeRemainingColumn(), console=console, transient=True) as bars:
+        tasks: dict[str, int] = {}
+
+        def progress(label: str, done: int, total: int) -> None:
+            if label not in tasks:
+                tasks[label] = bars.add_task(escape(label), total=total)
+            bars.update(tasks[label], completed=done)
+
+        report = evaluate(test_set, model or ["all-MiniLM-L6-v2"], ks=ks, batch_size=batch_size,
+                          cache_dir=cache_dir, use_cache=cache, candidates=candidates,
+                          per_query=per_query, max_length=max_length, progress=progress)
+    console.print(_table(report, shown))
+    console.print(f"[dim]{report.seconds:.1f} s[/]")
+    if output:
+        console.print(f"report: {escape(str(report.save(output, per_query=per_query)))}")
+    if plot:
+        console.print(f"chart: {escape(str(plot_report(report, shown, plot)))}")

@@ -1,0 +1,320 @@
+"""Top-K retrieval evaluation of one or more models on one test set.
+
+Each model's embedding settings (pooling, instructions, normalisation, lengths) come
+from its own folder, so evaluation embeds exactly as training did. Corpus embeddings
+are cached on disk, keyed by model fingerprint + corpus hash, so a re-run costs only
+the queries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from embedrag.engine.errors import ConfigError
+from embedrag.engine.metrics import DEFAULT_KS, check_ks, evaluate_run
+from embedrag.engine.testsets import TestSet
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from embedrag.engine.encoder import Encoder
+
+logger = logging.getLogger(__name__)
+
+CANDIDATE_MODES = ("all", "per-query")
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class ModelSpec:
+    """A model to evaluate: a display name and a folder, hub id or ``final/`` adapter."""
+
+    name: str
+    path: str
+
+    @classmethod
+    def parse(cls, spec: str) -> ModelSpec:
+        name, sep, path = spec.partition("=")
+        if sep and name and path:
+            return cls(name.strip(), path.strip())
+        if sep:
+            raise ConfigError(f"--model {spec!r}: expected NAME=PATH or PATH")
+        return cls(Path(spec).name or spec, spec)
+
+
+@dataclass
+class ModelResult:
+    """One model's scores and costs."""
+
+    name: str
+    model: str
+    fingerprint: str
+    metrics: dict[str, float]
+    per_query: dict[str, dict[str, float]] | None
+    corpus_cached: bool
+    corpus_seconds: float
+    passages_per_second: float | None
+    query_seconds: float
+    search_seconds: float
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class EvaluationReport:
+    """The outcome of :func:`evaluate`; ``models[0]`` is the baseline."""
+
+    test_set: dict[str, Any]
+    ks: tuple[int, ...]
+    candidates: str
+    models: list[ModelResult]
+    seconds: float
+
+    def gain(self, model: ModelResult, metric: str) -> float:
+        """Absolute gain of ``model`` over the baseline on ``metric``."""
+        return model.metrics[metric] - self.models[0].metrics[metric]
+
+    def to_dict(self, per_query: bool = False) -> dict[str, Any]:
+        models = []
+        for result in self.models:
+            row = asdict(result)
+            if not per_query:
+                row.pop("per_query")
+            row["gain_over_baseline"] = {k: self.gain(result, k) for k in result.metrics}
+            models.append(row)
+        from embedrag import __version__
+
+        return {"embedrag_version": __version__, "test_set": self.test_set, "ks": list(self.ks),
+                "candidates": self.candidates, "baseline": self.models[0].name,
+                "seconds": round(self.seconds, 3), "models": models}
+
+    def save(self, path: str | os.PathLike, per_query: bool = False) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(self.to_dict(per_query), indent=2, ensure_ascii=False) + "\n",
+                       encoding="utf-8")
+        os.replace(tmp, path)
+        return path
+
+
+def default_cache_dir() -> Path:
+    root = os.environ.get("EMBEDRAG_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "embedrag")
+    return Path(root) / "embeddings"
+
+
+def model_fingerprint(encoder: Encoder) -> str:
+    """Weights and embedding settings: any change that alters vectors changes it."""
+    digest = hashlib.sha256()
+    settings = {k: v for k, v in asdict(encoder.config).items() if k not in ("extra", "base_model")}
+    digest.update(json.dumps(settings, sort_keys=True).encode())
+    folder = Path(encoder.path) if encoder.path else None
+    if folder is not None and folder.is_dir():
+        for path in sorted(folder.rglob("*")):
+            if path.is_file() and path.suffix in (".safetensors", ".bin", ".json", ".model", ".txt"):
+                digest.update(_file_digest(path).encode())
+    else:
+        digest.update(encoder.name.encode())
+    base = encoder.config.extra.get("finetune", {}).get("base_model") if encoder.config.extra else None
+    if base and (folder is not None and (folder / "adapter_config.json").is_file()):
+        digest.update(str(base).encode())
+    return digest.hexdigest()
+
+
+def _file_digest(path: Path) -> str:
+    """Name, size and a hash of the head and tail: cheap for multi-GB weights, and any
+    retraining changes the bytes everywhere."""
+    size = path.stat().st_size
+    digest = hashlib.sha256(f"{path.name}:{size}".encode())
+    with path.open("rb") as handle:
+        digest.update(handle.read(1 << 20))
+        if size > 2 << 20:
+            handle.seek(-(1 << 20), os.SEEK_END)
+            digest.update(handle.read(1 << 20))
+    return digest.hexdigest()
+
+
+class EmbeddingCache:
+    """Corpus embeddings on disk, one ``.npy`` per (model, corpus)."""
+
+    def __init__(self, folder: Path | None):
+        self.folder = folder
+
+    def _path(self, model_fp: str, corpus_fp: str) -> Path:
+        assert self.folder is not None
+        return self.folder / f"{model_fp[:24]}-{corpus_fp[:24]}.npy"
+
+    def load(self, model_fp: str, corpus_fp: str, rows: int) -> np.ndarray | None:
+        import numpy as np
+
+        if self.folder is None:
+            return None
+        path = self._path(model_fp, corpus_fp)
+        if not path.is_file():
+            return None
+        try:
+            vectors = np.load(path, allow_pickle=False)
+        except (OSError, ValueError):
+            return None
+        return vectors if vectors.shape[0] == rows else None
+
+    def store(self, model_fp: str, corpus_fp: str, vectors: np.ndarray) -> None:
+        import numpy as np
+
+        if self.folder is None:
+            return
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            handle, tmp = tempfile.mkstemp(dir=self.folder, suffix=".npy.tmp")
+            with os.fdopen(handle, "wb") as out:
+                np.save(out, vectors, allow_pickle=False)
+            os.replace(tmp, self._path(model_fp, corpus_fp))
+        except OSError as exc:  # a cache that cannot be written only costs time
+            logger.warning("could not write the embedding cache in %s: %s", self.folder, exc)
+
+
+def _rank(test_set: TestSet, query_vectors, corpus_vectors, doc_ids: list[str], k: int,
+          candidates: str) -> dict[str, dict[str, float]]:
+    """The run: for each query, its top-k docs and scores."""
+    from embedrag.engine.metrics import run_from_topk
+    from embedrag.engine.search import exact_search
+
+    query_ids = list(test_set.qrels)
+    if candidates == "all":
+        found = exact_search(query_vectors, corpus_vectors, k)
+        return run_from_topk(query_ids, doc_ids, found.indices, found.scores)
+    row_of = {doc_id: i for i, doc_id in enumerate(doc_ids)}
+    run: dict[str, dict[str, float]] = {}
+    for q_index, qid in enumerate(query_ids):
+        rows = [row_of[d] for d in test_set.candidates.get(qid, [])]
+        scores = corpus_vectors[rows] @ query_vectors[q_index]
+        run[qid] = {doc_ids[r]: float(s) for r, s in zip(rows, scores)}
+    return run
+
+
+def evaluate_model(encoder: Encoder, test_set: TestSet, *, name: str, ks: Sequence[int],
+                   batch_size: int = 64, cache: EmbeddingCache | None = None,
+                   candidates: str = "all", per_query: bool = False,
+                   progress: Progress | None = None) -> ModelResult:
+    """Score one loaded model on a test set."""
+    cache = cache or EmbeddingCache(None)
+    doc_ids = list(test_set.corpus)
+    model_fp = model_fingerprint(encoder)
+    corpus_fp = test_set.corpus_fingerprint
+    started = time.perf_counter()
+    corpus_vectors = cache.load(model_fp, corpus_fp, len(doc_ids))
+    cached = corpus_vectors is not None
+    if corpus_vectors is None:
+        corpus_vectors = encoder.encode(
+            [test_set.corpus[d] for d in doc_ids], "passage", batch_size=batch_size,
+            progress=(lambda done, total: progress(f"{name}: corpus", done, total)) if progress else None)
+        cache.store(model_fp, corpus_fp, corpus_vectors)
+    corpus_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    query_ids = list(test_set.qrels)
+    query_vectors = encoder.encode(
+        [test_set.queries[q] for q in query_ids], "query", batch_size=batch_size,
+        progress=(lambda done, total: progress(f"{name}: queries", done, total)) if progress else None)
+    query_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    run = _rank(test_set, query_vectors, corpus_vectors, doc_ids, max(ks), candidates)
+    search_seconds = time.perf_counter() - started
+    scores = evaluate_run(test_set.qrels, run, ks=ks)
+    config = encoder.config
+    return ModelResult(
+        name=name, model=encoder.name, fingerprint=model_fp, metrics=scores.mean,
+        per_query=scores.per_query if per_query else None, corpus_cached=cached,
+        corpus_seconds=round(corpus_seconds, 3),
+        passages_per_second=None if cached else len(doc_ids) / max(corpus_seconds, 1e-9),
+        query_seconds=round(query_seconds, 3), search_seconds=round(search_seconds, 3),
+        settings={"pooling": config.pooling, "normalize": config.normalize,
+                  "query_instruction": config.query_instruction,
+                  "passage_instruction": config.passage_instruction,
+                  "query_max_length": config.query_max_length,
+                  "passage_max_length": config.passage_max_length})
+
+
+def evaluate(
+    test_set: TestSet,
+    models: Sequence[ModelSpec | str],
+    *,
+    ks: Sequence[int] = DEFAULT_KS,
+    batch_size: int = 64,
+    cache_dir: str | os.PathLike | None = None,
+    use_cache: bool = True,
+    candidates: str = "all",
+    per_query: bool = False,
+    max_length: int | None = None,
+    device: str | None = None,
+    progress: Progress | None = None,
+) -> EvaluationReport:
+    """Evaluate each model on ``test_set``; the first model is the baseline."""
+    from embedrag.engine.encoder import Encoder
+
+    ks = check_ks(ks)
+    if candidates not in CANDIDATE_MODES:
+        raise ConfigError(f"--candidates must be one of {', '.join(CANDIDATE_MODES)}, got {candidates!r}")
+    if candidates == "per-query" and not test_set.candidates:
+        raise ConfigError("--candidates per-query needs a JSONL test set (each line's pos + neg)")
+    if batch_size <= 0:
+        raise ConfigError(f"--batch-size must be positive, got {batch_size}")
+    specs = [m if isinstance(m, ModelSpec) else ModelSpec.parse(m) for m in models]
+    if not specs:
+        raise ConfigError("no model to evaluate")
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"model names must be unique, got {', '.join(names)}")
+    cache = EmbeddingCache(Path(cache_dir) if cache_dir else default_cache_dir()) if use_cache \
+        else EmbeddingCache(None)
+    started = time.perf_counter()
+    results = []
+    for spec in specs:
+        lengths = {"query_max_length": max_length, "passage_max_length": max_length} if max_length else {}
+        encoder = Encoder.load(spec.path, device=device, **lengths)
+        results.append(evaluate_model(encoder, test_set, name=spec.name, ks=ks, batch_size=batch_size,
+                                      cache=cache, candidates=candidates, per_query=per_query,
+                                      progress=progress))
+        del encoder
+    return EvaluationReport(test_set=test_set.describe(), ks=ks, candidates=candidates, models=results,
+                            seconds=time.perf_counter() - started)
+
+
+def plot_report(report: EvaluationReport, metrics: Sequence[str], path: str | os.PathLike) -> Path:
+    """A grouped bar chart: one group per metric, one bar per model."""
+    try:
+        import matplotlib
+    except ImportError as exc:
+        raise ConfigError("--plot needs matplotlib: pip install 'embedrag[plot]'") from exc
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    width = 0.8 / len(report.models)
+    figure, axes = plt.subplots(figsize=(max(6, 1.4 * len(metrics) * max(1, len(report.models) / 2)), 4.2))
+    for index, model in enumerate(report.models):
+        values = [model.metrics[m] for m in metrics]
+        positions = [i + (index - (len(report.models) - 1) / 2) * width for i in range(len(metrics))]
+        bars = axes.bar(positions, values, width, label=model.name)
+        axes.bar_label(bars, fmt="%.3f", fontsize=7, padding=2)
+    axes.set_xticks(range(len(metrics)), metrics)
+    axes.set_ylim(0, min(1.0, max(m.metrics[k] for m in report.models for k in metrics) * 1.15 + 0.02))
+    axes.set_ylabel("score")
+    test = report.test_set
+    axes.set_title(f"{test['name']}" + (f" ({test['split']})" if test.get("split") else "")
+                   + f": {test['queries']} queries, {test['corpus']} passages")
+    axes.legend(loc="lower right", fontsize=8)
+    axes.grid(axis="y", alpha=0.3)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
