@@ -12,8 +12,6 @@ import contextlib
 import json
 import logging
 import os
-import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -337,17 +335,9 @@ class Encoder:
         target = Path(path)
         if target.exists() and not overwrite and (target.is_file() or any(target.iterdir())):
             raise ConfigError(f"{target} already exists and is not empty")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-        try:
-            self.write_files(staging)
-            if target.exists():
-                shutil.rmtree(target) if target.is_dir() else target.unlink()
-            os.replace(staging, target)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        return target
+        from embedrag.engine.atomic import write_folder_atomically
+
+        return write_folder_atomically(target, self.write_files)
 
     def write_files(self, folder: Path, *, weights: bool = True) -> None:
         """Write everything into an existing folder (no atomicity: see :meth:`save`)."""

@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -262,19 +260,15 @@ def merge(
                     "precision": training_precision}
     encoder = Encoder(merged, tokenizer, config, name=str(output), device=device)
 
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
-    try:
+    def write(staging: Path) -> None:
         encoder.write_files(staging)
         if verify:
             _verify(result, adapter, base, staging, settings, device)
         (staging / "README.md").write_text(_model_card(settings, adapter, base, result), encoding="utf-8")
-        if output.exists():
-            shutil.rmtree(output) if output.is_dir() else output.unlink()
-        os.replace(staging, output)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+
+    from embedrag.engine.atomic import write_folder_atomically
+
+    write_folder_atomically(output, write)
     return result
 
 

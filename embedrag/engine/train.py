@@ -16,7 +16,6 @@ import random
 import resource
 import shutil
 import sys
-import tempfile
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -551,21 +550,9 @@ class _Trainer:
         return self._atomic_folder(target, lambda staging: self._write_model_files(staging, metrics))
 
     def _atomic_folder(self, target: Path, write) -> Path:
-        """Write into a temporary sibling and rename it into place."""
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-        try:
-            write(staging)
-            if target.exists():
-                old = target.with_name(f".{target.name}.old-{os.getpid()}")
-                os.replace(target, old)
-                os.replace(staging, target)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(staging, target)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+        from embedrag.engine.atomic import write_folder_atomically
+
+        write_folder_atomically(target, write)
         self.callback.on_save(target)
         return target
 
