@@ -30,6 +30,11 @@ _EXPORTS = {
     "TrainCallback": "embedrag.engine.train",
     "InfoNCELoss": "embedrag.engine.loss",
     "merge": "embedrag.engine.merge",
+    "index": "embedrag.engine.store",
+    "build_index": "embedrag.engine.store",
+    "Retriever": "embedrag.engine.store",
+    "RAG": "embedrag.engine.rag",
+    "read_documents": "embedrag.engine.documents",
     "evaluate": "embedrag.engine.evaluate",
     "EvaluationReport": "embedrag.engine.evaluate",
     "load_beir_testset": "embedrag.engine.testsets",
@@ -59,12 +64,15 @@ def __dir__():
 
 if TYPE_CHECKING:  # pragma: no cover
     from embedrag.engine.data import Example, load_examples, read_examples, validate_files
+    from embedrag.engine.documents import read_documents
     from embedrag.engine.encoder import EmbeddingConfig, Encoder
     from embedrag.engine.errors import ConfigError, DataError, EmbedragError, ModelNotFoundError
     from embedrag.engine.evaluate import EvaluationReport, evaluate
     from embedrag.engine.loss import InfoNCELoss
     from embedrag.engine.merge import MergeResult, merge
     from embedrag.engine.models import ResolvedModel, resolve_model
+    from embedrag.engine.rag import RAG
+    from embedrag.engine.store import Retriever, build_index, index
     from embedrag.engine.testsets import load_beir_testset, load_jsonl_testset
     from embedrag.engine.train import TrainCallback, TrainResult, train
     from embedrag.engine.train_config import TrainConfig

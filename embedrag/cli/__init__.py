@@ -10,8 +10,10 @@ from typing import Annotated
 import typer
 
 from embedrag import __version__
+from embedrag.cli import ask as _ask
 from embedrag.cli import doctor as _doctor
 from embedrag.cli import eval as _eval
+from embedrag.cli import index as _index
 from embedrag.cli import merge as _merge
 from embedrag.cli import train as _train
 from embedrag.cli import validate as _validate
@@ -49,7 +51,9 @@ def _root(
 
 app.command(name="train")(_train.train)
 app.command(name="merge")(_merge.merge)
+app.command(name="index")(_index.index)
 app.command(name="eval")(_eval.eval_command)
+app.command(name="ask")(_ask.ask)
 app.command(name="validate")(_validate.validate)
 app.command(name="doctor")(_doctor.doctor)
 

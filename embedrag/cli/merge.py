@@ -32,8 +32,7 @@ def merge(
         "--verify/--no-verify", help="Compare merged and adapter embeddings on probe texts.")] = True,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty output path.")] = False,
 ) -> None:
-    """Merge an adapter into its base and save a model that sentence-transformers,
-    transformers and embedrag load with the same vectors."""
+    """Merge a LoRA/QLoRA adapter into its base as a standalone model (same vectors everywhere)."""
     from embedrag.engine.merge import merge as run_merge
 
     with console.status("merging..."):

@@ -540,7 +540,8 @@ class _Trainer:
                 encoder.model = previous
         else:
             with quiet_transformers():
-                backbone.save_pretrained(folder, safe_serialization=True)
+                # Embeddings are never adapted; "auto" would also look the base up online.
+                backbone.save_pretrained(folder, safe_serialization=True, save_embedding_layers=False)
                 encoder.tokenizer.save_pretrained(folder)
             encoder.config.dimension = encoder.dimension
             _write_json(folder / EMBEDRAG_CONFIG, encoder.config.to_dict())

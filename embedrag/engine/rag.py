@@ -1,0 +1,260 @@
+"""Retrieval-augmented answers: retrieve chunks, number them in a prompt, let a generator
+answer with citations ([1], [2] ...).
+
+Generators: ``none`` (the passages are the answer), ``openai`` (any OpenAI-compatible
+chat-completions server: vLLM, Ollama, llama.cpp, LM Studio, DashScope's compatible
+mode; streamed with server-sent events, standard library only) and ``hf:PATH`` (a local
+transformers causal LM, streamed).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from embedrag.engine.errors import ConfigError, EmbedragError
+from embedrag.engine.store import Hit, Retriever
+
+SYSTEM_PROMPT = (
+    "You answer questions using only the numbered passages provided. Cite the passages you "
+    "use as [1], [2], ... If the passages do not contain the answer, say so."
+)
+API_KEY_VARIABLES = ("EMBEDRAG_LLM_API_KEY", "OPENAI_API_KEY")
+
+
+class LLMError(EmbedragError):
+    """The language model could not answer (server down, bad reply, missing model)."""
+
+
+def build_messages(question: str, hits: Sequence[Hit]) -> list[dict[str, str]]:
+    """System and user messages with the passages numbered from 1."""
+    blocks = []
+    for hit in hits:
+        heading = f"[{hit.rank}] {hit.title}".rstrip()
+        blocks.append(f"{heading}\n{hit.text}")
+    context = "\n\n".join(blocks) if blocks else "(no passages found)"
+    return [{"role": "system", "content": SYSTEM_PROMPT},
+            {"role": "user", "content": f"Passages:\n\n{context}\n\nQuestion: {question}"}]
+
+
+_WORD = re.compile(r"\w+", re.UNICODE)
+_SENTENCE = re.compile(r"(?<=[.!?。！？])\s+")
+
+
+def best_sentence(question: str, text: str) -> str:
+    """The sentence of ``text`` sharing the most words with the question (CJK: characters)."""
+    words = {w.lower() for w in _WORD.findall(question) if len(w) > 2 or not w.isascii()}
+    characters = {c for c in question if not c.isascii() and c.strip()}
+    best, best_score = "", 0.0
+    for sentence in _SENTENCE.split(text):
+        tokens = {w.lower() for w in _WORD.findall(sentence)}
+        score = len(words & tokens) + 0.5 * len(characters & set(sentence))
+        if score > best_score:
+            best, best_score = sentence.strip(), score
+    return best
+
+
+class Generator:
+    """Turns messages into a stream of text pieces."""
+
+    name = "none"
+
+    def stream(self, messages: list[dict[str, str]]) -> Iterator[str]:
+        return iter(())
+
+
+class NoGenerator(Generator):
+    """No language model: the retrieved passages are the answer."""
+
+
+class OpenAIChatGenerator(Generator):
+    """Any server speaking the OpenAI chat-completions protocol, streamed."""
+
+    name = "openai"
+
+    def __init__(self, model: str, base_url: str = "https://api.openai.com/v1", api_key: str | None = None,
+                 timeout: float = 120.0, temperature: float = 0.0, max_tokens: int | None = None):
+        self.model = model
+        self.base_url = base_url.rstrip("/")
+        self.api_key = api_key if api_key is not None else next(
+            (os.environ[v] for v in API_KEY_VARIABLES if os.environ.get(v)), None)
+        self.timeout = timeout
+        self.temperature = temperature
+        self.max_tokens = max_tokens
+
+    def __repr__(self) -> str:  # never show the key
+        return f"OpenAIChatGenerator(model={self.model!r}, base_url={self.base_url!r})"
+
+    def stream(self, messages: list[dict[str, str]]) -> Iterator[str]:
+        body: dict[str, Any] = {"model": self.model, "messages": messages, "stream": True,
+                                "temperature": self.temperature}
+        if self.max_tokens:
+            body["max_tokens"] = self.max_tokens
+        headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        request = urllib.request.Request(f"{self.base_url}/chat/completions", method="POST",
+                                         data=json.dumps(body).encode("utf-8"), headers=headers)
+        try:
+            response = urllib.request.urlopen(request, timeout=self.timeout)  # noqa: S310 - user-chosen URL
+        except urllib.error.HTTPError as exc:
+            detail = exc.read(300).decode("utf-8", "replace").strip().replace("\n", " ")
+            raise LLMError(f"LLM server {self.base_url} answered HTTP {exc.code}: {detail}") from None
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise LLMError(f"cannot reach the LLM server at {self.base_url} ({reason})") from None
+        with response:
+            yield from _server_sent_text(response, self.base_url)
+
+
+def _server_sent_text(response, base_url: str) -> Iterator[str]:
+    content_type = response.headers.get("Content-Type", "")
+    if "text/event-stream" not in content_type:  # a server that ignores "stream": one JSON reply
+        try:
+            reply = json.loads(response.read().decode("utf-8"))
+            yield reply["choices"][0]["message"]["content"] or ""
+        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            raise LLMError(f"unexpected reply from {base_url}: {exc}") from None
+        return
+    for raw in response:
+        line = raw.decode("utf-8", "replace").strip()
+        if not line.startswith("data:"):
+            continue
+        data = line[5:].strip()
+        if data == "[DONE]":
+            return
+        try:
+            delta = json.loads(data)["choices"][0].get("delta", {})
+        except (ValueError, KeyError, IndexError) as exc:
+            raise LLMError(f"unexpected event from {base_url}: {exc}") from None
+        if delta.get("content"):
+            yield delta["content"]
+
+
+class HFGenerator(Generator):
+    """A local transformers causal LM; the chat template when its tokenizer has one."""
+
+    name = "hf"
+
+    def __init__(self, path: str, max_new_tokens: int = 256, device: str | None = None):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from embedrag.engine.encoder import default_device, quiet_transformers
+        from embedrag.engine.models import resolve_model
+
+        resolved = resolve_model(path)
+        with quiet_transformers():
+            self.tokenizer = AutoTokenizer.from_pretrained(resolved.path)
+            self.model = AutoModelForCausalLM.from_pretrained(resolved.path)
+        self.device = device or default_device()
+        self.model.to(self.device).eval()
+        self.max_new_tokens = max_new_tokens
+        self.path = str(resolved.path)
+
+    def _prompt_ids(self, messages: list[dict[str, str]]):
+        if getattr(self.tokenizer, "chat_template", None):
+            return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True,
+                                                      return_tensors="pt", return_dict=True)
+        text = "\n\n".join(m["content"] for m in messages) + "\n\nAnswer:"
+        return self.tokenizer(text, return_tensors="pt")
+
+    def stream(self, messages: list[dict[str, str]]) -> Iterator[str]:
+        from transformers import TextIteratorStreamer
+
+        inputs = {k: v.to(self.device) for k, v in self._prompt_ids(messages).items()}
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        kwargs = dict(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False, streamer=streamer,
+                      pad_token_id=pad)
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                self.model.generate(**kwargs)
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+                errors.append(exc)
+                streamer.end()
+
+        worker = threading.Thread(target=run, daemon=True)
+        worker.start()
+        yield from streamer
+        worker.join()
+        if errors:
+            raise LLMError(f"local model {self.path} failed: {errors[0]}")
+
+
+def make_generator(spec: str, *, base_url: str | None = None, model: str | None = None,
+                   max_new_tokens: int = 256, device: str | None = None) -> Generator:
+    """``none``, ``openai`` or ``hf:PATH``."""
+    if spec == "none":
+        return NoGenerator()
+    if spec == "openai":
+        if not model:
+            raise ConfigError("--llm openai needs --llm-model (the model name the server knows)")
+        return OpenAIChatGenerator(model=model, base_url=base_url or "https://api.openai.com/v1")
+    if spec.startswith("hf:") and len(spec) > 3:
+        return HFGenerator(spec[3:], max_new_tokens=max_new_tokens, device=device)
+    raise ConfigError(f"--llm must be none, openai or hf:PATH, got {spec!r}")
+
+
+@dataclass
+class Answer:
+    """A question, the passages retrieved for it and the generated answer (if any)."""
+
+    question: str
+    passages: list[Hit]
+    answer: str | None
+    generator: str
+    retrieval_ms: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"question": self.question, "answer": self.answer, "generator": self.generator,
+                "retrieval_ms": round(self.retrieval_ms, 2),
+                "passages": [asdict(h) for h in self.passages]}
+
+
+class RAG:
+    """Retriever + generator. ``ask`` streams answer pieces to ``on_text``."""
+
+    def __init__(self, retriever: Retriever, generator: Generator | None = None, *, top_k: int = 5,
+                 hybrid: bool = False):
+        self.retriever = retriever
+        self.generator = generator or NoGenerator()
+        self.top_k = top_k
+        self.hybrid = hybrid
+
+    @classmethod
+    def from_table(cls, db: str, table: str = "docs", *, llm: str = "none", model: str | None = None,
+                   **options) -> RAG:
+        generator_options = {k: options.pop(k) for k in ("base_url", "max_new_tokens") if k in options}
+        llm_model = options.pop("llm_model", None)
+        return cls(Retriever(db, table, model=model), make_generator(llm, model=llm_model, **generator_options),
+                   **options)
+
+    def retrieve(self, question: str) -> tuple[list[Hit], float]:
+        import time
+
+        started = time.perf_counter()
+        hits = self.retriever.search(question, self.top_k, hybrid=self.hybrid)
+        return hits, (time.perf_counter() - started) * 1000
+
+    def ask(self, question: str, on_text: Callable[[str], None] | None = None) -> Answer:
+        if not question.strip():
+            raise ConfigError("the question is empty")
+        hits, milliseconds = self.retrieve(question)
+        if isinstance(self.generator, NoGenerator):
+            return Answer(question, hits, None, "none", milliseconds)
+        pieces = []
+        for piece in self.generator.stream(build_messages(question, hits)):
+            pieces.append(piece)
+            if on_text:
+                on_text(piece)
+        return Answer(question, hits, "".join(pieces), self.generator.name, milliseconds)
