@@ -180,3 +180,24 @@ def test_existing_output_dir_is_refused(tiny_bert, toy_data, tmp_path):
     (tmp_path / "out" / "something").write_text("x")
     with pytest.raises(ConfigError, match="not empty"):
         train(_config(tiny_bert, toy_data[0], tmp_path / "out", "lora"))
+
+
+def test_bf16_mixed_precision_and_cosine_schedule(tiny_bert, toy_data, tmp_path):
+    recorder = Recorder()
+    config = _config(tiny_bert, toy_data[0], tmp_path / "out", "lora", max_steps=6, mixed_precision="bf16",
+                     scheduler="cosine", warmup_proportion=0.5, gradient_accumulation_steps=2)
+    result = train(config, recorder)
+    assert result.global_step == 6 and all(np.isfinite(recorder.losses))
+    lrs = [row["lr"] for row in json.loads((tmp_path / "out" / "detailed_training_logs.json").read_text())]
+    assert lrs[0] < lrs[2] and lrs[-1] < lrs[2]  # warm-up, then cosine decay
+
+
+def test_weighted_datasets_and_dry_run(tiny_bert, toy_data, tmp_path):
+    from embedrag.engine.train import dry_run
+
+    config = _config(tiny_bert, toy_data[0], tmp_path / "out", "lora", max_steps=None, epochs=1,
+                     train_datasets=[f"{toy_data[0]}:0.5", f"{toy_data[1]}:2"])
+    report = dry_run(config)
+    assert report.steps_per_epoch == (8 + 16) // 4  # half of 16 lines + twice 8 lines, batch 4
+    assert report.first_batch["queries"][0] == 4
+    assert not (tmp_path / "out").exists()

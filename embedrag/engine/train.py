@@ -104,6 +104,18 @@ def _bi_encoder_class():
 
 
 # ---------------------------------------------------------------------- helpers
+def _accelerator(mixed_precision: str):
+    """An Accelerator for this run. accelerate keeps process-wide state that refuses a
+    different precision later; a second run in the same process (a notebook, a test)
+    resets it first, keeping the distributed set-up."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    if AcceleratorState._shared_state and AcceleratorState().mixed_precision != mixed_precision:
+        AcceleratorState._reset_state(reset_partial_state=False)
+    return Accelerator(mixed_precision=mixed_precision)
+
+
 def _peak_memory_bytes(device_type: str) -> int:
     """Peak memory since the last :func:`_reset_peak_memory`: CUDA allocations on a GPU,
     else the process's resident-set high-water mark (VmHWM on Linux)."""
@@ -280,14 +292,13 @@ class _Trainer:
 
     def build(self) -> None:
         import torch
-        from accelerate import Accelerator
         from accelerate.utils import set_seed
 
         from embedrag.engine.finetune import load_training_encoder, prepare_for_training
         from embedrag.engine.loss import InfoNCELoss
 
         config = self.config
-        self.accelerator = Accelerator(mixed_precision=config.mixed_precision)
+        self.accelerator = _accelerator(config.mixed_precision)
         set_seed(config.seed)
         if torch.device(self.accelerator.device).type == "cpu":
             _return_freed_memory_to_the_os()
