@@ -27,8 +27,16 @@ if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
     "$VENV/bin/python" -m pip install --quiet "$TORCH_PIN"
   else
     echo "==> no NVIDIA GPU: installing $TORCH_PIN (CPU build)"
-    "$VENV/bin/python" -m pip install --quiet "$TORCH_PIN" \
-      --extra-index-url https://download.pytorch.org/whl/cpu
+    # PyPI's Linux torch is the CUDA build; the CPU build lives on PyTorch's own index.
+    # Where that index cannot be reached (an offline mirror that carries the CPU wheel),
+    # the plain pin is used.
+    CPU_INDEX="${TORCH_CPU_INDEX:-https://download.pytorch.org/whl/cpu}"
+    if "$VENV/bin/python" -c "import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=5)" \
+        "$CPU_INDEX/" >/dev/null 2>&1; then
+      "$VENV/bin/python" -m pip install --quiet "$TORCH_PIN" --extra-index-url "$CPU_INDEX"
+    else
+      "$VENV/bin/python" -m pip install --quiet "$TORCH_PIN"
+    fi
   fi
 fi
 echo "==> installing embedrag[dev]"
