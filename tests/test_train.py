@@ -201,3 +201,23 @@ def test_weighted_datasets_and_dry_run(tiny_bert, toy_data, tmp_path):
     assert report.steps_per_epoch == (8 + 16) // 4  # half of 16 lines + twice 8 lines, batch 4
     assert report.first_batch["queries"][0] == 4
     assert not (tmp_path / "out").exists()
+
+
+def test_validation_on_a_beir_folder(tiny_bert, toy_data, tmp_path):
+    folder = tmp_path / "beir"
+    (folder / "qrels").mkdir(parents=True)
+    rows = _toy_rows(1)[:6]
+    corpus = {f"d{i}": r["pos"][0] for i, r in enumerate(rows)}
+    corpus.update({f"x{i}": f"distractor {t} text" for i, t in enumerate(TOPICS)})
+    (folder / "corpus.jsonl").write_text("\n".join(json.dumps({"_id": k, "title": "", "text": v})
+                                                   for k, v in corpus.items()) + "\n")
+    (folder / "queries.jsonl").write_text("\n".join(json.dumps({"_id": f"q{i}", "text": r["query"]})
+                                                    for i, r in enumerate(rows)) + "\n")
+    (folder / "qrels" / "dev.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(
+        f"q{i}\td{i}\t1\n" for i in range(len(rows))))
+    recorder = Recorder()
+    config = _config(tiny_bert, toy_data[0], tmp_path / "out", "lora", max_steps=4, eval_steps=2,
+                     eval_dataset=str(folder), eval_split="dev")
+    train(config, recorder)
+    assert [m["step"] for m in recorder.metrics] == [0, 2, 4]
+    assert all(0 <= m["ndcg@10"] <= 1 for m in recorder.metrics)

@@ -107,8 +107,10 @@ def train(
         "--output-dir", "--output_dir", help="Where final/, best/, checkpoints and logs go.",
         rich_help_panel=_DATA, show_default=False)],
     eval_dataset: Annotated[str | None, typer.Option(
-        "--eval-dataset", "--eval_dataset", help="Validation JSONL: loss and nDCG/Recall/MRR@10 "
-        "each epoch, best model kept.", rich_help_panel=_DATA)] = None,
+        "--eval-dataset", "--eval_dataset", help="Validation JSONL or BEIR folder: loss and "
+        "nDCG/Recall/MRR@10 each epoch, best model kept.", rich_help_panel=_DATA)] = None,
+    eval_split: Annotated[str, typer.Option(
+        "--eval-split", help="qrels split when --eval-dataset is a BEIR folder.", rich_help_panel=_DATA)] = "test",
     model: Annotated[str, typer.Option(
         "--model", "--model-name-or-path", "--model_name_or_path", help="Base model folder or hub id.",
         rich_help_panel=_MODEL)] = "sentence-transformers/all-MiniLM-L6-v2",
@@ -200,6 +202,7 @@ def train(
     config = TrainConfig(
         train_datasets=list(train_dataset), output_dir=str(output_dir), model=model,
         finetune_type=finetune_type, quantization_bits=quantization_bits, eval_dataset=eval_dataset,
+        eval_split=eval_split,
         batch_size=batch_size, gradient_accumulation_steps=gradient_accumulation_steps, lr=lr,
         weight_decay=weight_decay, max_grad_norm=max_grad_norm, epochs=epochs, max_steps=max_steps,
         neg_nums=neg_nums, temperature=temperature, in_batch_negatives=in_batch_negatives,

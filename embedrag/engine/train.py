@@ -221,34 +221,28 @@ def find_checkpoint(output_dir: Path, spec: str) -> Path:
     return path
 
 
-def eval_corpus(examples: list[Example]) -> tuple[list[str], list[str], dict[str, dict[str, int]]]:
-    """Queries, the distinct passages of the set (pos and neg pooled, by text), qrels."""
-    corpus: dict[str, int] = {}
-    qrels: dict[str, dict[str, int]] = {}
-    queries = []
-    for number, example in enumerate(examples):
-        for text in (*example.pos, *example.neg):
-            corpus.setdefault(text, len(corpus))
-        qid = str(number)
-        queries.append(example.query)
-        qrels[qid] = {str(corpus[text]): 1 for text in example.pos}
-    return queries, list(corpus), qrels
+def validation_set(spec: str, split: str = "test"):
+    """The validation examples (for the loss) and test set (for retrieval metrics) of
+    ``--eval-dataset``: a JSONL file (passages pooled across its lines) or a BEIR folder
+    (its whole corpus, so the metrics see realistic distractors)."""
+    from embedrag.engine.testsets import load_beir_testset, load_jsonl_testset
+
+    if Path(spec).is_dir():
+        test_set = load_beir_testset(spec, split)
+        examples = [Example(query=test_set.queries[qid],
+                            pos=tuple(test_set.corpus[d] for d, grade in docs.items() if grade > 0))
+                    for qid, docs in test_set.qrels.items()]
+        return [e for e in examples if e.pos], test_set
+    return load_examples(spec), load_jsonl_testset(spec)
 
 
-def retrieval_metrics(encoder: Encoder, examples: list[Example], *, batch_size: int = 64,
+def retrieval_metrics(encoder: Encoder, test_set, *, batch_size: int = 64,
                       ks: tuple[int, ...] = (10,)) -> dict[str, float]:
-    """nDCG/Recall/MRR@k of ``encoder`` over the pooled passages of ``examples``."""
-    from embedrag.engine.metrics import evaluate_run, run_from_topk
-    from embedrag.engine.search import exact_search
+    """nDCG/Recall/MRR@k of ``encoder`` on ``test_set`` (exact search, no cache)."""
+    from embedrag.engine.evaluate import evaluate_model
 
-    queries, corpus, qrels = eval_corpus(examples)
-    query_vectors = encoder.encode(queries, "query", batch_size=batch_size)
-    corpus_vectors = encoder.encode(corpus, "passage", batch_size=batch_size)
-    found = exact_search(query_vectors, corpus_vectors, max(ks))
-    run = run_from_topk([str(i) for i in range(len(queries))], [str(i) for i in range(len(corpus))],
-                        found.indices, found.scores)
-    scores = evaluate_run(qrels, run, ks=ks).mean
-    return {k: v for k, v in scores.items() if k.split("@")[0] in ("ndcg", "recall", "mrr")}
+    result = evaluate_model(encoder, test_set, name="validation", ks=ks, batch_size=batch_size)
+    return {k: v for k, v in result.metrics.items() if k.split("@")[0] in ("ndcg", "recall", "mrr")}
 
 
 # ---------------------------------------------------------------------- the trainer
@@ -280,7 +274,9 @@ class _Trainer:
     def load_data(self) -> None:
         specs = self.config.datasets()
         self.datasets = [(load_examples(spec.path), spec.weight) for spec in specs]
-        self.eval_examples = load_examples(self.config.eval_dataset) if self.config.eval_dataset else []
+        self.eval_examples, self.eval_set = [], None
+        if self.config.eval_dataset:
+            self.eval_examples, self.eval_set = validation_set(self.config.eval_dataset, self.config.eval_split)
 
     def check_output_dir(self) -> None:
         out = self.output_dir
@@ -507,7 +503,7 @@ class _Trainer:
                     loss, _ = self._forward_loss(batch)
                     losses.append(float(loss))
             metrics["loss"] = sum(losses) / max(len(losses), 1)
-            metrics.update(retrieval_metrics(self.encoder, self.eval_examples,
+            metrics.update(retrieval_metrics(self.encoder, self.eval_set,
                                              batch_size=self.config.eval_batch_size))
         finally:
             self.module.train(was_training)

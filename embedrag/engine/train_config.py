@@ -46,6 +46,7 @@ class TrainConfig:
     finetune_type: str = "qlora"
     quantization_bits: int | None = None
     eval_dataset: str | None = None
+    eval_split: str = "test"
     batch_size: int = 16
     gradient_accumulation_steps: int = 1
     lr: float | None = None
