@@ -299,19 +299,20 @@ def plot_report(report: EvaluationReport, metrics: Sequence[str], path: str | os
 
     path = Path(path)
     width = 0.8 / len(report.models)
-    figure, axes = plt.subplots(figsize=(max(6, 1.4 * len(metrics) * max(1, len(report.models) / 2)), 4.2))
+    figure, axes = plt.subplots(figsize=(min(14.0, 2.5 + len(metrics) * (0.6 + 0.25 * len(report.models))), 5.0))
     for index, model in enumerate(report.models):
         values = [model.metrics[m] for m in metrics]
         positions = [i + (index - (len(report.models) - 1) / 2) * width for i in range(len(metrics))]
         bars = axes.bar(positions, values, width, label=model.name)
-        axes.bar_label(bars, fmt="%.3f", fontsize=7, padding=2)
+        axes.bar_label(bars, fmt="%.3f", fontsize=6, padding=2, rotation=90)
     axes.set_xticks(range(len(metrics)), metrics)
-    axes.set_ylim(0, min(1.0, max(m.metrics[k] for m in report.models for k in metrics) * 1.15 + 0.02))
+    axes.set_ylim(0, min(1.12, max(m.metrics[k] for m in report.models for k in metrics) * 1.18 + 0.02))
     axes.set_ylabel("score")
     test = report.test_set
     axes.set_title(f"{test['name']}" + (f" ({test['split']})" if test.get("split") else "")
                    + f": {test['queries']} queries, {test['corpus']} passages")
-    axes.legend(loc="lower right", fontsize=8)
+    axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=min(len(report.models), 4),
+                fontsize=8, frameon=False)
     axes.grid(axis="y", alpha=0.3)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
