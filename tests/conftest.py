@@ -7,15 +7,21 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from pathlib import Path
 
-import pytest
+REPO = Path(__file__).resolve().parents[1]
+# `python -m pytest` puts the repository root on sys.path, where the data folder
+# `datasets/` would pass for the Hugging Face `datasets` package (sentence-transformers
+# imports it, lancedb then trips over it). embedrag is installed; the root is not needed.
+sys.path[:] = [p for p in sys.path if Path(p or os.curdir).resolve() != REPO]
+
+import pytest  # noqa: E402
 
 # No test may reach the network, and the bundled MiniLM must resolve without it.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-REPO = Path(__file__).resolve().parents[1]
 DATASETS = REPO / "datasets"
 SHARED_SCIFACT = REPO.parent / "shared" / "datasets" / "scifact"
 

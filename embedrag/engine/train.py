@@ -701,7 +701,7 @@ class _Trainer:
                 "peak_memory_kind": "cuda max_memory_allocated during training" if device_type == "cuda"
                 else "process peak RSS during training (model loaded)",
                 "load_peak_memory_bytes": self.load_peak_memory,
-                "final_loss": self.logs[-1]["loss"] if self.logs and "loss" in self.logs[-1] else None,
+                "final_loss": next((row["loss"] for row in reversed(self.logs) if "loss" in row), None),
                 "best_metric": {"name": self.config.metric_for_best, "value": self.best_metric,
                                 "step": self.best_step} if self.best_step is not None else None,
                 "base_metrics": self.base_metrics,
