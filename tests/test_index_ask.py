@@ -213,3 +213,12 @@ def test_messages_number_the_passages():
     assert messages[0]["role"] == "system"
     assert "[1] A\nalpha text" in messages[1]["content"] and "[2]\nbeta" in messages[1]["content"]
     assert RAG  # the public name exists
+
+
+def test_ann_index_is_built_and_searched(bert_encoder, tmp_path):
+    db = tmp_path / "db"
+    stats = build_index(_docs(300), bert_encoder, db=db, chunk_size=200, fts=False, ann="ivf_pq")
+    assert stats.ann_index == "IVF_PQ"
+    retriever = Retriever(db, "docs", model=str(bert_encoder.path))
+    hits = retriever.search("river sentence 0 of doc 3", 5)
+    assert len(hits) == 5 and hits[0].score >= hits[-1].score

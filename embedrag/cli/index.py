@@ -30,7 +30,7 @@ def index(
     chunk_size: Annotated[int | None, typer.Option(
         "--chunk-size", help="Tokens per chunk. [default: the model's passage length]", show_default=False)] = None,
     chunk_overlap: Annotated[int, typer.Option("--chunk-overlap", help="Tokens repeated between chunks.")] = 32,
-    ann: Annotated[str, typer.Option(help="Vector index: auto (IVF_HNSW_SQ from 100k rows), none, ivf_pq, "
+    ann: Annotated[str, typer.Option(help="Vector index: auto (IVF_HNSW_SQ from 50k rows), none, ivf_pq, "
                                           "ivf_hnsw_sq.")] = "auto",
     fts: Annotated[bool, typer.Option("--fts/--no-fts", help="Full-text index for hybrid search.")] = True,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Encoding batch size.")] = 64,
