@@ -150,3 +150,35 @@ def test_empty_test_set_and_missing_source(tmp_path):
     assert result.exit_code == 2 and "exactly one of" in result.output
     with pytest.raises(ConfigError):
         ModelSpec.parse("=path")
+
+
+def test_evaluating_an_indexed_table(tiny_bert, tmp_path):
+    from embedrag.engine.documents import read_documents
+    from embedrag.engine.encoder import Encoder
+    from embedrag.engine.evaluate import evaluate_table
+    from embedrag.engine.store import build_index
+
+    folder = _beir(tmp_path)
+    encoder = Encoder.load(tiny_bert, device="cpu")
+    build_index(list(read_documents([folder / "corpus.jsonl"])), encoder, db=tmp_path / "db", fts=True)
+    test_set = load_beir_testset(folder, "test")
+    by_table = evaluate_table(test_set, tmp_path / "db", "docs", ks=(1, 3))
+    direct = evaluate(test_set, [ModelSpec("m", str(tiny_bert))], ks=(1, 3), use_cache=False)
+    # one chunk per document: ranking the table equals ranking the embedded corpus
+    assert by_table.models[0].metrics == pytest.approx(direct.models[0].metrics)
+    result = runner.invoke(app, ["eval", "--beir", str(folder), "--db", str(tmp_path / "db"), "--k", "1,3",
+                                 "--hybrid"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "docs (hybrid)" in result.output
+
+
+def test_table_without_the_judged_passages_is_one_error(tiny_bert, tmp_path, jsonl_set):
+    from embedrag.engine.documents import Document
+    from embedrag.engine.encoder import Encoder
+    from embedrag.engine.evaluate import evaluate_table
+    from embedrag.engine.store import build_index
+
+    build_index([Document("x", "unrelated text")], Encoder.load(tiny_bert, device="cpu"), db=tmp_path / "db",
+                fts=False)
+    with pytest.raises(DataError, match="not in the table"):
+        evaluate_table(load_jsonl_testset(jsonl_set), tmp_path / "db", "docs")

@@ -41,7 +41,8 @@ def _table(report, metrics: list[str]) -> Table:
                 colour = "green" if gain > 0 else "red" if gain < 0 else "dim"
                 value += f" [{colour}]({gain:+.4f})[/]"
             cells.append(value)
-        speed = "cached" if model.corpus_cached else f"{model.passages_per_second:.1f}"
+        speed = ("-" if model.passages_per_second is None and report.candidates == "table"
+                 else "cached" if model.corpus_cached else f"{model.passages_per_second:.1f}")
         table.add_row(escape(model.name), *cells, speed)
     return table
 
@@ -70,6 +71,11 @@ def eval_command(
     plot: Annotated[Path | None, typer.Option("--plot", help="Write a PNG bar chart (needs matplotlib).")] = None,
     table_metrics: Annotated[str, typer.Option(
         "--metrics", help="Metrics shown in the table and chart.")] = DEFAULT_TABLE,
+    db: Annotated[Path | None, typer.Option(
+        help="Rank an indexed LanceDB table (with the model that built it) instead of embedding a corpus.")] = None,
+    table: Annotated[str, typer.Option(help="Table name, with --db.")] = "docs",
+    hybrid: Annotated[bool, typer.Option("--hybrid/--no-hybrid", help="With --db: vector + full-text search.")
+                      ] = False,
 ) -> None:
     """Evaluate Top-K retrieval: Hit, Recall, Precision, MRR, nDCG and MAP @K, as trec_eval does."""
     from embedrag.engine.errors import ConfigError
@@ -78,7 +84,7 @@ def eval_command(
     ks = check_ks(_parse_ks(k))
     if (test_dataset is None) == (beir is None):
         raise ConfigError("pass exactly one of --test-dataset FILE or --beir FOLDER")
-    from embedrag.engine.evaluate import evaluate, plot_report
+    from embedrag.engine.evaluate import evaluate
     from embedrag.engine.testsets import load_beir_testset, load_jsonl_testset
 
     with console.status("reading the test set..."):
@@ -86,6 +92,16 @@ def eval_command(
     shown = [m.strip() for m in table_metrics.split(",") if m.strip()]
     known = {f"{name}@{cut}" for name in ("ndcg", "recall", "precision", "map", "mrr", "hit") for cut in ks}
     shown = [m for m in shown if m in known] or [f"ndcg@{ks[-1] if 10 not in ks else 10}"]
+    if db is not None:
+        from embedrag.engine.evaluate import evaluate_table
+
+        if model and len(model) > 1:
+            raise ConfigError("--db evaluates the table's own model: pass at most one --model")
+        spec = model[0].split("=", 1)[-1] if model else None
+        with console.status(f"searching {table}..."):
+            report = evaluate_table(test_set, db, table, ks=ks, model=spec, hybrid=hybrid, per_query=per_query)
+        _finish(report, shown, output, per_query, plot)
+        return
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeRemainingColumn(), console=console, transient=True) as bars:
         tasks: dict[str, int] = {}
@@ -98,6 +114,12 @@ def eval_command(
         report = evaluate(test_set, model or ["all-MiniLM-L6-v2"], ks=ks, batch_size=batch_size,
                           cache_dir=cache_dir, use_cache=cache, candidates=candidates,
                           per_query=per_query, max_length=max_length, progress=progress)
+    _finish(report, shown, output, per_query, plot)
+
+
+def _finish(report, shown: list[str], output: Path | None, per_query: bool, plot: Path | None) -> None:
+    from embedrag.engine.evaluate import plot_report
+
     console.print(_table(report, shown))
     console.print(f"[dim]{report.seconds:.1f} s[/]")
     if output:

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from embedrag.engine.errors import ConfigError
+from embedrag.engine.errors import ConfigError, DataError
 from embedrag.engine.metrics import DEFAULT_KS, check_ks, evaluate_run
 from embedrag.engine.testsets import TestSet
 
@@ -319,3 +319,78 @@ def plot_report(report: EvaluationReport, metrics: Sequence[str], path: str | os
     figure.savefig(path, dpi=120)
     plt.close(figure)
     return path
+
+
+def evaluate_table(
+    test_set: TestSet,
+    db: str | os.PathLike,
+    table: str,
+    *,
+    ks: Sequence[int] = DEFAULT_KS,
+    name: str | None = None,
+    model: str | None = None,
+    hybrid: bool = False,
+    per_query: bool = False,
+    device: str | None = None,
+) -> EvaluationReport:
+    """Evaluate retrieval from an indexed LanceDB table with the model that built it.
+
+    The table's chunks are ranked by its own search path (flat, or its ANN index;
+    hybrid with ``hybrid``) and folded to documents, each scored by its best chunk.
+    Relevance is matched by document id when the test set's ids are the table's (a BEIR
+    corpus indexed with its ``_id``), else by passage text."""
+    from embedrag.engine.store import Retriever
+
+    ks = check_ks(ks)
+    retriever = Retriever(db, table, model=model, device=device)
+    qrels = _table_qrels(test_set, retriever.table)
+    depth = max(ks)
+    started = time.perf_counter()
+    run: dict[str, dict[str, float]] = {}
+    for qid in qrels:
+        hits = retriever.search(test_set.queries[qid], depth * 4, hybrid=hybrid)
+        docs: dict[str, float] = {}
+        for hit in hits:
+            docs.setdefault(hit.doc_id, hit.score)  # hits come best first: a doc's best chunk
+        run[qid] = dict(list(docs.items())[:depth])
+    seconds = time.perf_counter() - started
+    scores = evaluate_run(qrels, run, ks=ks)
+    label = name or f"{table}{' (hybrid)' if hybrid else ''}"
+    result = ModelResult(
+        name=label, model=retriever.settings.model, fingerprint=retriever.settings.fingerprint,
+        metrics=scores.mean, per_query=scores.per_query if per_query else None, corpus_cached=True,
+        corpus_seconds=0.0, passages_per_second=None, query_seconds=round(seconds, 3), search_seconds=0.0,
+        settings={"db": str(db), "table": table, "hybrid": hybrid,
+                  "ann_index": bool(retriever.table.list_indices())})
+    described = test_set.describe()
+    described["corpus"] = retriever.table.count_rows()
+    described["corpus_kind"] = "table chunks"
+    return EvaluationReport(test_set=described, ks=ks, candidates="table", models=[result],
+                            seconds=time.perf_counter() - started)
+
+
+def _table_qrels(test_set: TestSet, handle) -> dict[str, dict[str, int]]:
+    """The test set's judgements in the table's document ids."""
+    columns = handle.to_arrow().select(["doc_id", "text"]).to_pydict()
+    table_ids = set(columns["doc_id"])
+    judged = {d for docs in test_set.qrels.values() for d in docs}
+    if judged <= table_ids:
+        return {q: dict(docs) for q, docs in test_set.qrels.items()}
+    by_text: dict[str, str] = {}
+    for doc_id, text in zip(columns["doc_id"], columns["text"]):
+        by_text.setdefault(text.strip(), doc_id)
+    qrels: dict[str, dict[str, int]] = {}
+    unmatched = []
+    for qid, docs in test_set.qrels.items():
+        mapped = {}
+        for doc_id, grade in docs.items():
+            target = by_text.get(test_set.corpus[doc_id].strip())
+            if target is None:
+                unmatched.append(doc_id)
+            else:
+                mapped[target] = max(grade, mapped.get(target, grade))
+        qrels[qid] = mapped
+    if unmatched:
+        raise DataError([f"{len(unmatched)} judged passage(s) are not in the table by document id or text "
+                         f"(e.g. {test_set.corpus[unmatched[0]][:60]!r}); index the test set's corpus"])
+    return qrels
