@@ -164,6 +164,31 @@ def scan(path: str | os.PathLike) -> Iterator[Example | Problem]:
         yield Problem(source, 0, "no examples (the file is empty or has only blank lines)")
 
 
+def iter_json_objects(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each non-blank line of a JSONL file other than the
+    query/pos/neg contract (corpora, queries); the first bad line is a DataError."""
+    path = Path(path)
+    error = _open_error(path)
+    if error:
+        raise DataError([str(error)])
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            if number == 1 and raw.startswith(_UTF8_BOM):
+                raw = raw[len(_UTF8_BOM):]
+            if not raw.strip():
+                continue
+            try:
+                record = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError as exc:
+                raise DataError([f"{path}:{number}: not valid UTF-8 (byte 0x{raw[exc.start]:02x} at column "
+                                 f"{exc.start + 1})"]) from None
+            except json.JSONDecodeError as exc:
+                raise DataError([f"{path}:{number}: invalid JSON ({exc.msg}, column {exc.colno})"]) from None
+            if not isinstance(record, dict):
+                raise DataError([f"{path}:{number}: expected a JSON object, got {_type_name(record)}"])
+            yield number, record
+
+
 def read_examples(path: str | os.PathLike) -> Iterator[Example]:
     """Stream the examples of one file; raise :class:`DataError` at the first problem."""
     for item in scan(path):

@@ -8,7 +8,6 @@ measured in the embedding model's own tokens.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Iterator, Sequence
@@ -44,28 +43,19 @@ class JsonlFields:
 
 
 def _jsonl_documents(path: Path, fields: JsonlFields) -> Iterator[Document]:
+    from embedrag.engine.data import iter_json_objects
+
     id_field = fields.id
-    with path.open("r", encoding="utf-8-sig") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError([f"{path}:{number}: invalid JSON ({exc.msg}, column {exc.colno})"]) from exc
-            except UnicodeDecodeError as exc:  # pragma: no cover - raised by the reader
-                raise DataError([f"{path}:{number}: not valid UTF-8"]) from exc
-            if not isinstance(record, dict):
-                raise DataError([f"{path}:{number}: expected a JSON object"])
-            text = record.get(fields.text)
-            if not isinstance(text, str):
-                raise DataError([f"{path}:{number}: missing or non-string {fields.text!r} field "
-                                 "(choose it with --text-field)"])
-            key = id_field or ("_id" if "_id" in record else "id" if "id" in record else None)
-            doc_id = str(record[key]) if key and record.get(key) is not None else f"{path.name}:{number}"
-            title = record.get(fields.title) or ""
-            metadata = {k: v for k, v in record.items() if k not in {fields.text, key, fields.title}}
-            yield Document(id=doc_id, text=text, title=str(title), source=str(path), metadata=metadata)
+    for number, record in iter_json_objects(path):
+        text = record.get(fields.text)
+        if not isinstance(text, str):
+            raise DataError([f"{path}:{number}: missing or non-string {fields.text!r} field "
+                             "(choose it with --text-field)"])
+        key = id_field or ("_id" if "_id" in record else "id" if "id" in record else None)
+        doc_id = str(record[key]) if key and record.get(key) is not None else f"{path.name}:{number}"
+        title = record.get(fields.title) or ""
+        metadata = {k: v for k, v in record.items() if k not in {fields.text, key, fields.title}}
+        yield Document(id=doc_id, text=text, title=str(title), source=str(path), metadata=metadata)
 
 
 def _text_document(path: Path, root: Path | None) -> Document:

@@ -87,18 +87,13 @@ def _beir_file(folder: Path, relative: str) -> Path:
 
 
 def _read_jsonl_records(path: Path) -> list[tuple[int, dict]]:
+    from embedrag.engine.data import iter_json_objects
+
     records = []
-    with path.open("r", encoding="utf-8-sig") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError([f"{path}:{number}: invalid JSON ({exc.msg}, column {exc.colno})"]) from exc
-            if not isinstance(record, dict) or "_id" not in record:
-                raise DataError([f"{path}:{number}: expected an object with an \"_id\""])
-            records.append((number, record))
+    for number, record in iter_json_objects(path):
+        if "_id" not in record:
+            raise DataError([f"{path}:{number}: expected an object with an \"_id\""])
+        records.append((number, record))
     return records
 
 
