@@ -231,9 +231,10 @@ def build_index(
         texts = [p for chunks in pieces for p in chunks]
         vectors = encoder.encode(texts, "passage", batch_size=encode_batch_size)
         if mode == "upsert":
-            ids = [d.id for d in batch]
-            replaced += handle.count_rows(f"doc_id IN ({_quote(ids)})") and len(ids)
-            handle.delete(f"doc_id IN ({_quote(ids)})")
+            where = f"doc_id IN ({_quote(d.id for d in batch)})"
+            existing = handle.search().where(where).select(["doc_id"]).limit(None).to_list()
+            replaced += len({row["doc_id"] for row in existing})
+            handle.delete(where)
         handle.add(_rows(batch, pieces, vectors))
         count_chunks += len(texts)
         if progress:
