@@ -79,7 +79,6 @@ class TrainConfig:
     metric_for_best: str = "ndcg@10"
     early_stopping_patience: int | None = None
     resume_from_checkpoint: str | None = None
-    cross_device_negatives: bool | None = None
     overwrite_output_dir: bool = False
     tensorboard: bool = True
     seed: int = 42
