@@ -29,3 +29,15 @@ def write_folder_atomically(target: str | os.PathLike, write: Callable[[Path], N
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return target
+
+
+def write_json(path: str | os.PathLike, obj) -> Path:
+    """Write ``obj`` as indented UTF-8 JSON through a temporary file and a rename."""
+    import json
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path

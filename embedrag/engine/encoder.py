@@ -356,9 +356,9 @@ class Encoder:
             passage_prompt=self.config.passage_instruction,
             versions=_versions(),
         )
-        (folder / EMBEDRAG_CONFIG).write_text(
-            json.dumps(self.config.to_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
-        )
+        from embedrag.engine.atomic import write_json
+
+        write_json(folder / EMBEDRAG_CONFIG, self.config.to_dict())
 
     def __repr__(self) -> str:
         c = self.config

@@ -97,13 +97,9 @@ class EvaluationReport:
                 "seconds": round(self.seconds, 3), "models": models}
 
     def save(self, path: str | os.PathLike, per_query: bool = False) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(self.to_dict(per_query), indent=2, ensure_ascii=False) + "\n",
-                       encoding="utf-8")
-        os.replace(tmp, path)
-        return path
+        from embedrag.engine.atomic import write_json
+
+        return write_json(path, self.to_dict(per_query))
 
 
 def default_cache_dir() -> Path:

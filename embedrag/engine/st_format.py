@@ -7,6 +7,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from embedrag.engine.atomic import write_json
+
 # sentence-transformers pooling names <-> ours; max and weighted modes have no equivalent.
 _FROM_ST = {"cls": "cls", "mean": "mean", "lasttoken": "last"}
 _LEGACY_KEYS = {
@@ -94,9 +96,9 @@ def write_st_files(
             {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}
         )
         (folder / "2_Normalize").mkdir(parents=True, exist_ok=True)
-    _write_json(folder / "modules.json", modules)
+    write_json(folder / "modules.json", modules)
     (folder / "1_Pooling").mkdir(parents=True, exist_ok=True)
-    _write_json(
+    write_json(
         folder / "1_Pooling" / "config.json",
         {
             "word_embedding_dimension": dimension,
@@ -109,7 +111,7 @@ def write_st_files(
             "include_prompt": True,
         },
     )
-    _write_json(
+    write_json(
         folder / "sentence_bert_config.json",
         {"max_seq_length": max_seq_length, "do_lower_case": False},
     )
@@ -120,7 +122,7 @@ def write_st_files(
         # "document" is what encode_document() looks up; "passage" for older habits.
         prompts["document"] = passage_prompt
         prompts["passage"] = passage_prompt
-    _write_json(
+    write_json(
         folder / "config_sentence_transformers.json",
         {
             "__version__": versions,
@@ -129,7 +131,3 @@ def write_st_files(
             "similarity_fn_name": "cosine",
         },
     )
-
-
-def _write_json(path: Path, obj) -> None:
-    path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import random
 import resource
 import shutil
@@ -22,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from embedrag.engine.atomic import write_json
 from embedrag.engine.data import Example, load_examples
 from embedrag.engine.errors import ConfigError
 from embedrag.engine.sampling import ContrastiveBatch, EpochSampler
@@ -164,12 +164,6 @@ def _reset_peak_memory(device_type: str) -> None:
             handle.write("5")
     except OSError:
         pass
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _rng_state() -> dict[str, Any]:
@@ -551,7 +545,7 @@ class _Trainer:
                 backbone.save_pretrained(folder, safe_serialization=True, save_embedding_layers=False)
                 encoder.tokenizer.save_pretrained(folder)
             encoder.config.dimension = encoder.dimension
-            _write_json(folder / EMBEDRAG_CONFIG, encoder.config.to_dict())
+            write_json(folder / EMBEDRAG_CONFIG, encoder.config.to_dict())
         self.config.save(folder / "training_config.json")
 
     def _save_model(self, target: Path, metrics: dict[str, float] | None = None) -> Path:
@@ -592,7 +586,7 @@ class _Trainer:
         torch.save(self.scheduler.state_dict(), folder / "scheduler.pt")
         torch.save(_rng_state(), folder / "rng_state.pt")
         # Written last: a checkpoint without it is incomplete and never resumed from.
-        _write_json(folder / TRAINER_STATE, self._state())
+        write_json(folder / TRAINER_STATE, self._state())
 
     def _state(self) -> dict[str, Any]:
         return {
@@ -672,8 +666,8 @@ class _Trainer:
         }
 
     def _write_logs(self) -> None:
-        _write_json(self.output_dir / DETAILED_LOGS, self.logs)
-        _write_json(self.output_dir / EPOCH_LOSSES, self.epoch_losses)
+        write_json(self.output_dir / DETAILED_LOGS, self.logs)
+        write_json(self.output_dir / EPOCH_LOSSES, self.epoch_losses)
 
     def _finish(self, seconds: float) -> TrainResult:
 
@@ -709,7 +703,7 @@ class _Trainer:
                 "stopped_early": self.stopped_early,
                 "outputs": {"final": str(final), "best": str(best) if best else None},
             }
-            _write_json(self.output_dir / SUMMARY_REPORT, summary)
+            write_json(self.output_dir / SUMMARY_REPORT, summary)
             if self.writer is not None:
                 self.writer.close()
         result = TrainResult(output_dir=self.output_dir, final_dir=final, best_dir=best,
