@@ -81,6 +81,28 @@ def read_embedding_config(folder: str | os.PathLike) -> EmbeddingConfig | None:
         raise ConfigError(f"{path}: not a valid embedrag.json ({exc})") from exc
 
 
+def declared_embedding_config(folder: Path, hf_config: Any, tokenizer: Any, *,
+                              base_model: str | None = None) -> EmbeddingConfig:
+    """The settings a model folder declares: its ``embedrag.json``, else its
+    sentence-transformers files, else architecture defaults (lengths at the model limit)."""
+    decoder = is_decoder_config(hf_config)
+    config = read_embedding_config(folder)
+    if config is None:
+        st = read_st_settings(folder)
+        limit = model_length_limit(hf_config, tokenizer)
+        config = EmbeddingConfig(
+            pooling=st.pooling or ("last" if decoder else "mean"),
+            normalize=True if st.normalize is None else st.normalize,
+            query_instruction=st.query_prompt or "",
+            passage_instruction=st.passage_prompt or "",
+            query_max_length=min(st.max_seq_length or limit, limit),
+            passage_max_length=min(st.max_seq_length or limit, limit),
+            base_model=base_model,
+        )
+    config.architecture = "decoder" if decoder else "encoder"
+    return config
+
+
 def is_decoder_config(config: Any) -> bool:
     architectures = getattr(config, "architectures", None) or []
     return getattr(config, "model_type", "") in _DECODER_TYPES or any(
@@ -175,24 +197,12 @@ class Encoder:
 
         hf_config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
         tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
-        decoder = is_decoder_config(hf_config)
         if tokenizer.pad_token is None:
             # Decoders often ship without a pad token; any id works since it is masked.
             tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
 
-        saved = read_embedding_config(folder)
-        st = read_st_settings(folder)
         limit = model_length_limit(hf_config, tokenizer)
-        config = saved or EmbeddingConfig(
-            pooling=st.pooling or ("last" if decoder else "mean"),
-            normalize=True if st.normalize is None else st.normalize,
-            query_instruction=st.query_prompt or "",
-            passage_instruction=st.passage_prompt or "",
-            query_max_length=min(st.max_seq_length or limit, limit),
-            passage_max_length=min(st.max_seq_length or limit, limit),
-            base_model=resolved.name,
-        )
-        config.architecture = "decoder" if decoder else "encoder"
+        config = declared_embedding_config(folder, hf_config, tokenizer, base_model=resolved.name)
         if pooling != "auto":
             config.pooling = pooling
         if config.pooling not in POOLING_MODES:

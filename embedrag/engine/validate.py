@@ -39,20 +39,15 @@ def token_length_report(examples: Sequence[Example], model: str, *,
     how many exceed the limits (the given ones, else the model's)."""
     from transformers import AutoConfig, AutoTokenizer
 
-    from embedrag.engine.encoder import model_length_limit, read_embedding_config
+    from embedrag.engine.encoder import declared_embedding_config
     from embedrag.engine.models import resolve_model
-    from embedrag.engine.st_format import read_st_settings
 
     resolved = resolve_model(model)
     tokenizer = AutoTokenizer.from_pretrained(resolved.path)
-    limit = model_length_limit(AutoConfig.from_pretrained(resolved.path), tokenizer)
-    saved = read_embedding_config(resolved.path)
-    st = read_st_settings(resolved.path)
-    default = min(st.max_seq_length or limit, limit)
-    q_limit = query_max_length or (saved.query_max_length if saved else default)
-    p_limit = passage_max_length or (saved.passage_max_length if saved else default)
-    q_prefix = saved.query_instruction if saved else (st.query_prompt or "")
-    p_prefix = saved.passage_instruction if saved else (st.passage_prompt or "")
+    declared = declared_embedding_config(resolved.path, AutoConfig.from_pretrained(resolved.path), tokenizer)
+    q_limit = query_max_length or declared.query_max_length
+    p_limit = passage_max_length or declared.passage_max_length
+    q_prefix, p_prefix = declared.query_instruction, declared.passage_instruction
 
     queries = list(dict.fromkeys(e.query for e in examples))
     passages = list(dict.fromkeys(p for e in examples for p in (*e.pos, *e.neg)))
