@@ -30,6 +30,9 @@ _EXPORTS = {
     "TrainCallback": "embedrag.engine.train",
     "InfoNCELoss": "embedrag.engine.loss",
     "merge": "embedrag.engine.merge",
+    "mine": "embedrag.engine.mine",
+    "MineConfig": "embedrag.engine.mine",
+    "MineReport": "embedrag.engine.mine",
     "index": "embedrag.engine.store",
     "build_index": "embedrag.engine.store",
     "Retriever": "embedrag.engine.store",
@@ -70,6 +73,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from embedrag.engine.evaluate import EvaluationReport, evaluate
     from embedrag.engine.loss import InfoNCELoss
     from embedrag.engine.merge import MergeResult, merge
+    from embedrag.engine.mine import MineConfig, MineReport, mine
     from embedrag.engine.models import ResolvedModel, resolve_model
     from embedrag.engine.rag import RAG
     from embedrag.engine.store import Retriever, build_index, index

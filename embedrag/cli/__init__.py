@@ -15,6 +15,7 @@ from embedrag.cli import doctor as _doctor
 from embedrag.cli import eval as _eval
 from embedrag.cli import index as _index
 from embedrag.cli import merge as _merge
+from embedrag.cli import mine as _mine
 from embedrag.cli import train as _train
 from embedrag.cli import validate as _validate
 from embedrag.cli._common import setup_logging, state
@@ -54,6 +55,7 @@ app.command(name="merge")(_merge.merge)
 app.command(name="index")(_index.index)
 app.command(name="eval")(_eval.eval_command)
 app.command(name="ask")(_ask.ask)
+app.command(name="mine")(_mine.mine)
 app.command(name="validate")(_validate.validate)
 app.command(name="doctor")(_doctor.doctor)
 

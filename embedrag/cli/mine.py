@@ -1,0 +1,125 @@
+"""``embedrag mine``: hard negatives for training JSONL, with guards against false negatives."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from embedrag.cli._common import console, reports_errors
+
+_SELECT = "Selection"
+_SOURCE = "Candidates"
+
+
+@reports_errors
+def mine(
+    output: Annotated[Path, typer.Option(
+        "--output", "-o", help="Training JSONL to write (query, pos, neg).", show_default=False)],
+    input: Annotated[Path | None, typer.Option(
+        "--input", "-i", help="JSONL lines (query + pos, neg optional) to mine negatives for.")] = None,
+    beir: Annotated[Path | None, typer.Option(help="A BEIR folder instead: its split's queries and qrels.")] = None,
+    split: Annotated[str, typer.Option(help="BEIR qrels split, with --beir.")] = "train",
+    corpus: Annotated[Path | None, typer.Option(
+        help="Where negatives come from: a BEIR folder or corpus.jsonl, a JSONL/text file or folder. "
+        "[default: the BEIR corpus, else the input's own passages]", show_default=False,
+        rich_help_panel=_SOURCE)] = None,
+    db: Annotated[Path | None, typer.Option(
+        help="Mine from an indexed LanceDB table instead (its vectors are reused when --model built them).",
+        rich_help_panel=_SOURCE)] = None,
+    table: Annotated[str, typer.Option(help="Table name, with --db.", rich_help_panel=_SOURCE)] = "docs",
+    model: Annotated[str, typer.Option("--model", "-m", help="Model that ranks the candidates.",
+                                       rich_help_panel=_SOURCE)] = "sentence-transformers/all-MiniLM-L6-v2",
+    strategy: Annotated[str, typer.Option(
+        help="dense (the model), bm25, or hybrid (both, reciprocal-rank fused).", rich_help_panel=_SOURCE)
+    ] = "dense",
+    negatives: Annotated[int, typer.Option(
+        "--negatives", "-n", min=1, help="Negatives to mine per query.", rich_help_panel=_SELECT)] = 7,
+    rank_range: Annotated[str, typer.Option(
+        "--range", help="START-END: skip the first START results, take candidates up to rank END.",
+        rich_help_panel=_SELECT)] = "10-100",
+    sampling: Annotated[str, typer.Option(
+        help="top: the best-ranked survivors; random: a seeded sample of them.", rich_help_panel=_SELECT)
+    ] = "top",
+    relative_margin: Annotated[float, typer.Option(
+        "--relative-margin", "--margin", min=0.0, max=1.0,
+        help="Drop candidates scoring above this x the weakest positive's score (0 turns it off).",
+        rich_help_panel=_SELECT)] = 0.95,
+    absolute_margin: Annotated[float | None, typer.Option(
+        "--absolute-margin", min=0.0, help="Drop candidates scoring within this of the weakest positive's score.",
+        rich_help_panel=_SELECT)] = None,
+    score_formula: Annotated[str, typer.Option(
+        "--score-formula", help="similarity, or anchor-minus-positive: rank survivors by "
+        "sim(query, c) - w * sim(positive, c).", rich_help_panel=_SELECT)] = "similarity",
+    positive_weight: Annotated[float, typer.Option(
+        "--positive-weight", help="w in anchor-minus-positive.", rich_help_panel=_SELECT)] = 0.5,
+    replace: Annotated[bool, typer.Option(
+        "--replace", help="Drop the lines' existing negatives instead of keeping them.", rich_help_panel=_SELECT)
+    ] = False,
+    with_scores: Annotated[bool, typer.Option(
+        "--with-scores", help="Also write pos_scores / neg_scores (for distillation).")] = False,
+    seed: Annotated[int, typer.Option(help="Seed for --sampling random.")] = 42,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Encoding batch size.")] = 64,
+    cache_dir: Annotated[Path | None, typer.Option(
+        "--cache-dir", help="Corpus-embedding cache (shared with eval). [default: ~/.cache/embedrag/embeddings]",
+        show_default=False)] = None,
+    cache: Annotated[bool, typer.Option("--cache/--no-cache", help="Reuse cached corpus embeddings.")] = True,
+    report: Annotated[Path | None, typer.Option("--report", help="Also write the summary as JSON.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --output file.")] = False,
+) -> None:
+    """Mine hard negatives: candidates the model ranks high that are not positives, duplicates,
+    the query, or too close to a positive's score."""
+    from embedrag.engine.errors import ConfigError
+    from embedrag.engine.evaluate import default_cache_dir
+    from embedrag.engine.mine import MineConfig, parse_range
+
+    start, end = parse_range(rank_range)
+    config = MineConfig(negatives=negatives, range_start=start, range_end=end, sampling=sampling,
+                        relative_margin=relative_margin or None, absolute_margin=absolute_margin,
+                        strategy=strategy, score_formula=score_formula, positive_weight=positive_weight,
+                        replace=replace, with_scores=with_scores, seed=seed, batch_size=batch_size).validate()
+    if output.is_dir():
+        raise ConfigError(f"--output {output} is a folder; give a file name such as train.jsonl")
+    if output.exists() and not overwrite:
+        raise ConfigError(f"--output {output} exists; pass --overwrite to replace it")
+    if input is not None and output.exists() and output.resolve() == input.resolve():
+        raise ConfigError("--output must not be the --input file")
+    from embedrag.engine.mine import mine as run_mine
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeRemainingColumn(), console=console, transient=True) as bars:
+        tasks: dict[str, int] = {}
+
+        def progress(label: str, done: int, total: int) -> None:
+            if label not in tasks:
+                tasks[label] = bars.add_task(escape(label), total=total)
+            bars.update(tasks[label], completed=done)
+
+        result = run_mine(input, output, model=model, beir=beir, split=split, corpus=corpus, db=db, table=table,
+                          config=config, cache_dir=(cache_dir or default_cache_dir()) if cache else None,
+                          progress=progress)
+    console.print(_summary(result))
+    if report:
+        from embedrag.engine.atomic import write_json
+
+        console.print(f"report: {escape(str(write_json(report, result.to_dict())))}")
+
+
+def _summary(result) -> Table:
+    summary = Table(show_header=False, title=f"mined {escape(result.output or '')}", title_justify="left")
+    summary.add_column(style="bold")
+    summary.add_column()
+    summary.add_row("input", escape(result.input))
+    summary.add_row("corpus", f"{escape(result.corpus)} ({result.corpus_size} passages)")
+    summary.add_row("lines written", f"{result.written} of {result.queries}"
+                    + (f" ({result.skipped_no_positive} without a positive)" if result.skipped_no_positive else ""))
+    summary.add_row("negatives / query", f"{result.negatives_per_query:.2f} mined "
+                    f"(histogram: {', '.join(f'{k}: {v}' for k, v in sorted(result.negatives_histogram.items()))})")
+    removed = ", ".join(f"{name.replace('_', ' ')} {count}" for name, count in result.removed.items() if count)
+    summary.add_row("candidates", f"{result.candidates_considered} considered; removed: {removed or 'none'}")
+    summary.add_row("time", f"{result.seconds:.1f} s ({result.encode_seconds:.1f} s embedding)")
+    return summary
