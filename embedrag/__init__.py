@@ -33,6 +33,8 @@ _EXPORTS = {
     "mine": "embedrag.engine.mine",
     "MineConfig": "embedrag.engine.mine",
     "MineReport": "embedrag.engine.mine",
+    "only_failing": "embedrag.engine.mine",
+    "MarginRankingLoss": "embedrag.engine.loss",
     "index": "embedrag.engine.store",
     "build_index": "embedrag.engine.store",
     "Retriever": "embedrag.engine.store",
@@ -71,9 +73,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from embedrag.engine.encoder import EmbeddingConfig, Encoder
     from embedrag.engine.errors import ConfigError, DataError, EmbedragError, ModelNotFoundError
     from embedrag.engine.evaluate import EvaluationReport, evaluate
-    from embedrag.engine.loss import InfoNCELoss
+    from embedrag.engine.loss import InfoNCELoss, MarginRankingLoss
     from embedrag.engine.merge import MergeResult, merge
-    from embedrag.engine.mine import MineConfig, MineReport, mine
+    from embedrag.engine.mine import MineConfig, MineReport, mine, only_failing
     from embedrag.engine.models import ResolvedModel, resolve_model
     from embedrag.engine.rag import RAG
     from embedrag.engine.store import Retriever, build_index, index

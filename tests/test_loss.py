@@ -88,3 +88,52 @@ def test_gradients_flow_and_temperature_is_checked():
     assert q.grad is not None and p.grad is not None and q.grad.abs().sum() > 0
     with pytest.raises(ValueError):
         InfoNCELoss(temperature=0)
+
+
+def _hand_margin_ranking(q_vecs, p_vecs, batch, margin, in_batch):
+    hinges = []
+    for i, q in enumerate(q_vecs):
+        own_pos = set(batch.positive_texts[i])
+        positive = _cos(q, p_vecs[batch.positive_index[i]])
+        for j in range(len(p_vecs)):
+            if j == batch.positive_index[i] or batch.passages[j] in own_pos:
+                continue
+            if in_batch or batch.passage_owner[j] == i:
+                hinges.append(max(0.0, margin - (positive - _cos(q, p_vecs[j]))))
+    return sum(hinges) / len(hinges)
+
+
+@pytest.mark.parametrize("in_batch", [True, False])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_margin_ranking_equals_hand_computation(in_batch, seed):
+    from embedrag.engine.loss import MarginRankingLoss
+
+    batch = build_batch(EXAMPLES, neg_nums=2, rng=random.Random(seed))
+    generator = torch.Generator().manual_seed(seed)
+    q = torch.randn(len(batch.queries), 8, generator=generator, dtype=torch.float64)
+    p = torch.randn(len(batch.passages), 8, generator=generator, dtype=torch.float64)
+    first_index = {}
+    for j, text in enumerate(batch.passages):
+        p[j] = p[first_index.setdefault(text, j)]
+    got = MarginRankingLoss(margin=0.3, in_batch_negatives=in_batch)(q, p, **batch.loss_inputs())
+    expected = _hand_margin_ranking(q.tolist(), p.tolist(), batch, 0.3, in_batch)
+    assert expected > 0
+    assert got.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_margin_ranking_is_zero_once_every_positive_clears_the_margin():
+    from embedrag.engine.loss import MarginRankingLoss
+
+    examples = [Example("q0", pos=("p0",), neg=("n0",)), Example("q1", pos=("p1",), neg=("n1",))]
+    batch = build_batch(examples, neg_nums=1, rng=random.Random(0))
+    q = torch.tensor([[1.0, 0.0], [0.0, 1.0]], requires_grad=True)
+    # Passages: p0, p1, n0, n1. Each positive is its query's direction; negatives are 60 degrees off.
+    p = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.5, 0.866], [0.866, 0.5]], requires_grad=True)
+    loss_fn = MarginRankingLoss(margin=0.1, in_batch_negatives=False)
+    loss = loss_fn(q, p, **batch.loss_inputs())
+    assert loss.item() == 0.0
+    loss.backward()  # a batch that already clears the margin still back-propagates (to zeros)
+    assert MarginRankingLoss(margin=0.6, in_batch_negatives=False)(q, p, **batch.loss_inputs()).item() \
+        == pytest.approx(0.1, abs=1e-4)
+    with pytest.raises(ValueError):
+        MarginRankingLoss(margin=-1)

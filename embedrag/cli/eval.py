@@ -13,6 +13,8 @@ from rich.table import Table
 from embedrag.cli._common import console, reports_errors
 
 DEFAULT_TABLE = "ndcg@10,recall@10,mrr@10,map@10,precision@10,hit@5,recall@100"
+# Over each line's own candidates, hit@K is the Top-K accuracy of the ScienceQA report.
+PER_QUERY_TABLE = "hit@1,hit@3,hit@5,mrr@10,ndcg@10"
 
 
 def _parse_ks(value: str) -> list[int]:
@@ -58,7 +60,8 @@ def eval_command(
         "hub id or a training final/ adapter. [default: all-MiniLM-L6-v2]", show_default=False)] = None,
     k: Annotated[str, typer.Option("--k", help="Cut-offs, comma-separated.")] = "1,3,5,10,100",
     candidates: Annotated[str, typer.Option(
-        help="'all': rank the whole corpus; 'per-query': only each JSONL line's own pos + neg.")] = "all",
+        help="'all': rank the whole corpus; 'per-query': only each JSONL line's own pos + neg "
+        "(hit@1/3/5 = Top-1/3/5 accuracy).")] = "all",
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 64,
     max_length: Annotated[int | None, typer.Option(
         "--max-length", min=1, help="Override every model's query/passage token limit.")] = None,
@@ -89,6 +92,8 @@ def eval_command(
 
     with console.status("reading the test set..."):
         test_set = load_jsonl_testset(test_dataset) if test_dataset else load_beir_testset(beir, split)
+    if table_metrics == DEFAULT_TABLE and candidates == "per-query":
+        table_metrics = PER_QUERY_TABLE
     shown = [m.strip() for m in table_metrics.split(",") if m.strip()]
     known = {f"{name}@{cut}" for name in ("ndcg", "recall", "precision", "map", "mrr", "hit") for cut in ks}
     shown = [m for m in shown if m in known] or [f"ndcg@{ks[-1] if 10 not in ks else 10}"]

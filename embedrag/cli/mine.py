@@ -14,6 +14,7 @@ from embedrag.cli._common import console, reports_errors
 
 _SELECT = "Selection"
 _SOURCE = "Candidates"
+_FAILING = "Hard examples"
 
 
 @reports_errors
@@ -68,6 +69,12 @@ def mine(
         "--cache-dir", help="Corpus-embedding cache (shared with eval). [default: ~/.cache/embedrag/embeddings]",
         show_default=False)] = None,
     cache: Annotated[bool, typer.Option("--cache/--no-cache", help="Reuse cached corpus embeddings.")] = True,
+    only_failing: Annotated[int | None, typer.Option(
+        "--only-failing", min=1, help="Instead of mining: keep only the lines whose positive is not in the "
+        "model's top K (second-stage hard examples).", rich_help_panel=_FAILING)] = None,
+    candidates: Annotated[str, typer.Option(
+        help="With --only-failing: rank each line's own pos + neg (per-query) or the whole corpus (all).",
+        rich_help_panel=_FAILING)] = "per-query",
     report: Annotated[Path | None, typer.Option("--report", help="Also write the summary as JSON.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --output file.")] = False,
 ) -> None:
@@ -88,17 +95,15 @@ def mine(
         raise ConfigError(f"--output {output} exists; pass --overwrite to replace it")
     if input is not None and output.exists() and output.resolve() == input.resolve():
         raise ConfigError("--output must not be the --input file")
+    if only_failing is not None:
+        _only_failing(input, output, only_failing, model=model, beir=beir, split=split, candidates=candidates,
+                      corpus=corpus, batch_size=batch_size,
+                      cache_dir=(cache_dir or default_cache_dir()) if cache else None, report=report)
+        return
     from embedrag.engine.mine import mine as run_mine
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeRemainingColumn(), console=console, transient=True) as bars:
-        tasks: dict[str, int] = {}
-
-        def progress(label: str, done: int, total: int) -> None:
-            if label not in tasks:
-                tasks[label] = bars.add_task(escape(label), total=total)
-            bars.update(tasks[label], completed=done)
-
+    with _bars() as bars:
+        progress = _progress(bars)
         result = run_mine(input, output, model=model, beir=beir, split=split, corpus=corpus, db=db, table=table,
                           config=config, cache_dir=(cache_dir or default_cache_dir()) if cache else None,
                           progress=progress)
@@ -106,6 +111,41 @@ def mine(
     if report:
         from embedrag.engine.atomic import write_json
 
+        console.print(f"report: {escape(str(write_json(report, result.to_dict())))}")
+
+
+def _bars() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeRemainingColumn(), console=console, transient=True)
+
+
+def _progress(bars: Progress):
+    tasks: dict[str, int] = {}
+
+    def progress(label: str, done: int, total: int) -> None:
+        if label not in tasks:
+            tasks[label] = bars.add_task(escape(label), total=total)
+        bars.update(tasks[label], completed=done)
+
+    return progress
+
+
+def _only_failing(input, output, k, *, report, **options) -> None:
+    from embedrag.engine.atomic import write_json
+    from embedrag.engine.mine import only_failing
+
+    with _bars() as bars:
+        result = only_failing(input, output, k=k, progress=_progress(bars), **options)
+    summary = Table(show_header=False, title=f"hard examples {escape(result.output or '')}", title_justify="left")
+    summary.add_column(style="bold")
+    summary.add_column()
+    summary.add_row("input", escape(result.input))
+    summary.add_row("candidates", result.candidates)
+    summary.add_row("accuracy", "  ".join(f"top-{name[3:]} {value:.4f}" for name, value in result.accuracy.items()))
+    summary.add_row("kept", f"{result.kept} of {result.lines} lines (positive not in the top {result.k})")
+    summary.add_row("time", f"{result.seconds:.1f} s")
+    console.print(summary)
+    if report:
         console.print(f"report: {escape(str(write_json(report, result.to_dict())))}")
 
 

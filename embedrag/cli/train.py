@@ -148,7 +148,14 @@ def train(
     neg_nums: Annotated[int, typer.Option(
         "--neg-nums", "--neg_nums", help="Hard negatives sampled per query and epoch.",
         rich_help_panel=_OPT)] = 2,
+    loss: Annotated[str, typer.Option(
+        help="infonce, or margin-ranking: mean max(0, margin - (sim(q, pos) - sim(q, neg))) over pairs.",
+        rich_help_panel=_OPT)] = "infonce",
     temperature: Annotated[float, typer.Option(help="InfoNCE temperature.", rich_help_panel=_OPT)] = 0.02,
+    margin: Annotated[float, typer.Option(help="Margin of --loss margin-ranking.", rich_help_panel=_OPT)] = 0.1,
+    init_from: Annotated[Path | None, typer.Option(
+        "--init-from", help="Start from an earlier run's final/ (an adapter continues on its base) or a "
+        "merged model folder.", rich_help_panel=_OPT)] = None,
     in_batch_negatives: Annotated[bool, typer.Option(
         "--in-batch-negatives/--no-in-batch-negatives",
         help="Contrast each query with the other queries' passages too.", rich_help_panel=_OPT)] = True,
@@ -196,7 +203,7 @@ def train(
         "--dry-run", help="Print the resolved config, trainable parameters and the first batch's "
         "shapes, then exit.")] = False,
 ) -> None:
-    """Fine-tune an embedding model contrastively (InfoNCE with hard and in-batch negatives)."""
+    """Fine-tune an embedding model contrastively (InfoNCE or margin ranking, hard and in-batch negatives)."""
     from embedrag.engine.train_config import TrainConfig
 
     config = TrainConfig(
@@ -205,7 +212,8 @@ def train(
         eval_split=eval_split,
         batch_size=batch_size, gradient_accumulation_steps=gradient_accumulation_steps, lr=lr,
         weight_decay=weight_decay, max_grad_norm=max_grad_norm, epochs=epochs, max_steps=max_steps,
-        neg_nums=neg_nums, temperature=temperature, in_batch_negatives=in_batch_negatives,
+        neg_nums=neg_nums, loss=loss, temperature=temperature, margin=margin,
+        init_from=str(init_from) if init_from else None, in_batch_negatives=in_batch_negatives,
         query_max_len=query_max_len, passage_max_len=passage_max_len, pooling=pooling,
         query_instruction=query_instruction, passage_instruction=passage_instruction,
         lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,

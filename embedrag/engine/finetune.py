@@ -227,3 +227,55 @@ def load_adapter_encoder(folder: Path, *, device: str | None = None, trust_remot
     encoder.name = str(folder)
     encoder.path = folder
     return encoder
+
+
+@dataclass
+class InitSource:
+    """Where a run starts: a model folder or hub id, or an earlier run's adapter on its base."""
+
+    model: str
+    adapter: Path | None = None
+    adapter_config: dict[str, Any] | None = None
+
+    def lora(self, dropout: float) -> LoraSettings:
+        """The adapter's own rank, alpha and target modules: its weights only fit those."""
+        assert self.adapter_config is not None
+        targets = self.adapter_config.get("target_modules") or "auto"
+        return LoraSettings(r=int(self.adapter_config["r"]), alpha=int(self.adapter_config["lora_alpha"]),
+                            dropout=dropout, target_modules=targets if isinstance(targets, str) else sorted(targets))
+
+
+def resolve_init(init_from: str | os.PathLike | None, model: str) -> InitSource:
+    """``--init-from``: an adapter folder (a training ``final/``) continues that adapter on
+    its recorded base; any other folder is a model to start from, like ``--model``."""
+    from embedrag.engine.encoder import read_embedding_config
+
+    if init_from is None:
+        return InitSource(model)
+    folder = Path(init_from)
+    if not (folder / ADAPTER_CONFIG).is_file():
+        return InitSource(str(folder))
+    adapter_config = json.loads((folder / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+    saved = read_embedding_config(folder)
+    base = (saved.base_model if saved and saved.base_model else None) or adapter_config.get("base_model_name_or_path")
+    if not base:
+        raise ModelNotFoundError(f"{folder}: adapter does not record its base model")
+    return InitSource(str(base), folder, adapter_config)
+
+
+def load_adapter_weights(model: torch.nn.Module, folder: Path) -> None:
+    """Copy a saved adapter's LoRA weights into a peft model built with the same settings."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    path = folder / "adapter_model.safetensors"
+    if not path.is_file():
+        raise ModelNotFoundError(f"{folder}: no adapter_model.safetensors")
+    try:
+        result = set_peft_model_state_dict(model, load_file(str(path)))
+    except RuntimeError as exc:
+        raise ConfigError(f"{folder}: adapter does not fit this model ({str(exc).splitlines()[0]})") from exc
+    unexpected = getattr(result, "unexpected_keys", [])
+    if unexpected:
+        raise ConfigError(f"{folder}: adapter does not fit this model ({len(unexpected)} unexpected weights, "
+                          f"e.g. {unexpected[0]})")

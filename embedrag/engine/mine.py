@@ -42,6 +42,7 @@ STRATEGIES = ("dense", "bm25", "hybrid")
 SAMPLING = ("top", "random")
 SCORE_FORMULAS = ("similarity", "anchor-minus-positive")
 FILTERS = ("positive", "query", "duplicate", "relative_margin", "absolute_margin")
+FAILING_CANDIDATES = ("per-query", "all")
 RRF_K = 60
 Progress = Callable[[str, int, int], None]
 _SPACES = re.compile(r"\s+")
@@ -482,4 +483,125 @@ def mine(
     report.input = label
     if output is not None:
         report.output = str(write_lines(lines, output))
+    return report
+
+
+# ---------------------------------------------------------------------- hard examples
+@dataclass
+class FailingReport:
+    """Which lines the model still gets wrong: Top-K accuracy over all lines, lines kept."""
+
+    input: str
+    output: str | None
+    candidates: str
+    k: int
+    lines: int
+    kept: int
+    accuracy: dict[str, float]
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _example_line(example: Example) -> dict[str, Any]:
+    line: dict[str, Any] = {"id": example.id} if example.id is not None else {}
+    line.update(query=example.query, pos=list(example.pos), neg=list(example.neg))
+    return line
+
+
+def _testset_over_corpus(examples: Sequence[Example], corpus: Corpus):
+    """The lines as queries over ``corpus``; positives missing from it are added."""
+    from embedrag.engine.testsets import TestSet
+
+    texts = dict(zip(corpus.ids, corpus.texts))
+    id_of = {normalize_text(text): doc_id for doc_id, text in texts.items()}
+    queries, qrels = {}, {}
+    for number, example in enumerate(examples, start=1):
+        qid = f"q{number}"
+        queries[qid] = example.query
+        relevant = {}
+        for text in example.pos:
+            key = normalize_text(text)
+            if key not in id_of:
+                id_of[key] = f"pos{len(texts) + 1}"
+                texts[id_of[key]] = text
+            relevant[id_of[key]] = 1
+        qrels[qid] = relevant
+    return TestSet(name=corpus.name, source=corpus.name, queries=queries, corpus=texts, qrels=qrels)
+
+
+def select_failing(
+    examples: Sequence[Example],
+    encoder: Encoder,
+    k: int,
+    *,
+    candidates: str = "per-query",
+    corpus: Corpus | None = None,
+    batch_size: int = 64,
+    cache_dir: str | os.PathLike | None = None,
+    progress: Progress | None = None,
+) -> tuple[list[Example], FailingReport]:
+    """The lines whose positive is not in the model's top ``k``: among the line's own pos +
+    neg (``per-query``, eval's ``--candidates per-query``) or over ``corpus`` (``all``; the
+    lines' pooled passages when None). Ranked by eval's code, so a line is kept exactly
+    when eval gives it hit@k = 0."""
+    from embedrag.engine.evaluate import EmbeddingCache, evaluate_model
+    from embedrag.engine.testsets import testset_from_examples
+
+    if candidates not in FAILING_CANDIDATES:
+        raise ConfigError(f"--candidates must be one of {', '.join(FAILING_CANDIDATES)}, got {candidates!r}")
+    if k < 1:
+        raise ConfigError(f"--only-failing must be at least 1, got {k}")
+    usable = [e for e in examples if e.pos]
+    if not usable:
+        raise DataError(["no line has a positive passage"])
+    started = time.perf_counter()
+    if candidates == "all" and corpus is not None:
+        test_set = _testset_over_corpus(usable, corpus)
+    else:
+        test_set = testset_from_examples(usable, name="lines", source="lines")
+    ks = sorted({1, 3, 5, k})
+    result = evaluate_model(encoder, test_set, name="model", ks=ks, batch_size=batch_size,
+                            cache=EmbeddingCache(Path(cache_dir) if cache_dir else None),
+                            candidates="all" if candidates == "all" else "per-query", per_query=True,
+                            progress=progress)
+    assert result.per_query is not None
+    kept = [example for example, qid in zip(usable, test_set.qrels) if result.per_query[qid][f"hit@{k}"] == 0]
+    accuracy = {f"top{cut}": result.metrics[f"hit@{cut}"] for cut in ks}
+    report = FailingReport(input="", output=None, candidates=candidates, k=k, lines=len(usable), kept=len(kept),
+                           accuracy=accuracy, seconds=round(time.perf_counter() - started, 3))
+    return kept, report
+
+
+def only_failing(
+    input: str | os.PathLike | None = None,
+    output: str | os.PathLike | None = None,
+    *,
+    k: int = 3,
+    model: str | Encoder = "sentence-transformers/all-MiniLM-L6-v2",
+    beir: str | os.PathLike | None = None,
+    split: str = "train",
+    candidates: str = "per-query",
+    corpus: str | os.PathLike | None = None,
+    batch_size: int = 64,
+    cache_dir: str | os.PathLike | None = None,
+    device: str | None = None,
+    progress: Progress | None = None,
+) -> FailingReport:
+    """Write the lines of ``input`` (or a BEIR split) whose positive the model does not rank
+    in its top ``k`` to ``output``: the second-stage "hard example" training set."""
+    from embedrag.engine.encoder import Encoder
+
+    examples, own_corpus, label = load_input(input, beir=beir, split=split)
+    if candidates == "per-query" and not any(e.neg for e in examples):
+        raise ConfigError("--candidates per-query ranks each line's own pos + neg, and no line has a neg: "
+                          "mine negatives first, or use --candidates all")
+    encoder = model if isinstance(model, Encoder) else Encoder.load(model, device=device)
+    pool = load_corpus(corpus) if corpus is not None else own_corpus
+    kept, report = select_failing(examples, encoder, k, candidates=candidates, corpus=pool,
+                                  batch_size=batch_size, cache_dir=cache_dir, progress=progress)
+    report.input = label
+    if output is not None:
+        report.output = str(write_lines([_example_line(e) for e in kept], output))
     return report

@@ -59,7 +59,12 @@ def load_jsonl_testset(path: str | os.PathLike) -> TestSet:
     """A test set from JSONL lines: passages pooled across lines, deduplicated by text."""
     from embedrag.engine.data import load_examples
 
-    examples = load_examples(path)
+    return testset_from_examples(load_examples(path), name=Path(path).stem, source=str(path))
+
+
+def testset_from_examples(examples, *, name: str, source: str) -> TestSet:
+    """A test set from examples, one query per example in order (ids ``q<line>`` unless
+    the example has its own); ``candidates`` are each line's own pos + neg."""
     corpus_ids: dict[str, str] = {}
     queries: dict[str, str] = {}
     qrels: dict[str, dict[str, int]] = {}
@@ -75,8 +80,8 @@ def load_jsonl_testset(path: str | os.PathLike) -> TestSet:
         qrels[qid] = {corpus_ids[text]: 1 for text in example.pos}
         candidates[qid] = list(dict.fromkeys(ids))
     corpus = {doc_id: text for text, doc_id in corpus_ids.items()}
-    return TestSet(name=Path(path).stem, source=str(path), queries=queries, corpus=corpus,
-                   qrels=qrels, candidates=candidates)
+    return TestSet(name=name, source=source, queries=queries, corpus=corpus, qrels=qrels,
+                   candidates=candidates)
 
 
 def _beir_file(folder: Path, relative: str) -> Path:

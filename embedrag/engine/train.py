@@ -82,6 +82,15 @@ class DryRunReport:
 
 
 # ---------------------------------------------------------------------- the model wrapper
+def _loss(config: TrainConfig):
+    """The training loss the config names."""
+    from embedrag.engine.loss import InfoNCELoss, MarginRankingLoss
+
+    if config.loss == "margin-ranking":
+        return MarginRankingLoss(config.margin, config.in_batch_negatives)
+    return InfoNCELoss(config.temperature, config.in_batch_negatives)
+
+
 def _bi_encoder_class():
     import torch
 
@@ -284,22 +293,36 @@ class _Trainer:
         import torch
         from accelerate.utils import set_seed
 
-        from embedrag.engine.finetune import load_training_encoder, prepare_for_training
-        from embedrag.engine.loss import InfoNCELoss
+        from embedrag.engine.finetune import (
+            load_adapter_weights,
+            load_training_encoder,
+            prepare_for_training,
+            resolve_init,
+        )
 
         config = self.config
         self.accelerator = _accelerator(config.mixed_precision)
         set_seed(config.seed)
         if torch.device(self.accelerator.device).type == "cpu":
             _return_freed_memory_to_the_os()
+        init = resolve_init(config.init_from, config.model)
         self.encoder = load_training_encoder(
-            config.model, config.finetune_type, quantization_bits=config.bits,
-            device=str(self.accelerator.device), pooling=config.pooling,
-            query_instruction=config.query_instruction, passage_instruction=config.passage_instruction,
-            query_max_length=config.query_max_len, passage_max_length=config.passage_max_len)
+            init.model, config.finetune_type, quantization_bits=config.bits,
+            device=str(self.accelerator.device), **self._embedding_settings(init))
+        if Path(init.model).is_dir():
+            # The folder trained from is the base an adapter sits on, whatever base that
+            # folder itself was once fine-tuned from.
+            self.encoder.config.base_model = str(Path(init.model).resolve())
         self.encoder.config.extra = {"finetune": self._finetune_record()}
-        prepare_for_training(self.encoder, config.finetune_type, config.lora(),
+        lora = config.lora()
+        if init.adapter is not None and config.finetune_type != "full":
+            lora = init.lora(config.lora_dropout)
+        elif init.adapter is not None:
+            self._merge_init_adapter(init)
+        prepare_for_training(self.encoder, config.finetune_type, lora,
                              gradient_checkpointing=config.gradient_checkpointing)
+        if init.adapter is not None and config.finetune_type != "full":
+            load_adapter_weights(self.encoder.model, init.adapter)
         self.module = _bi_encoder_class()(self.encoder.model, self.encoder.config.pooling,
                                           self.encoder.config.normalize)
         self.parameters = [p for p in self.module.parameters() if p.requires_grad]
@@ -318,16 +341,54 @@ class _Trainer:
         self.num_epochs = math.ceil(self.total_updates / self.updates_per_epoch)
         self.scheduler = self._scheduler()
         self.module, self.optimizer = self.accelerator.prepare(self.module, self.optimizer)
-        self.loss_fn = InfoNCELoss(config.temperature, config.in_batch_negatives)
+        self.loss_fn = _loss(config)
         self.device_type = torch.device(self.accelerator.device).type
         self.load_peak_memory = _peak_memory_bytes(self.device_type)
         _reset_peak_memory(self.device_type)
 
+    def _embedding_settings(self, init) -> dict[str, Any]:
+        """The run's embedding settings; options left unset follow the adapter started from."""
+        from embedrag.engine.encoder import read_embedding_config
+
+        config = self.config
+        saved = read_embedding_config(init.adapter) if init.adapter is not None else None
+        pooling = config.pooling
+        query_instruction, passage_instruction = config.query_instruction, config.passage_instruction
+        if saved is not None:
+            pooling = saved.pooling if pooling == "auto" else pooling
+            query_instruction = saved.query_instruction if query_instruction is None else query_instruction
+            passage_instruction = saved.passage_instruction if passage_instruction is None else passage_instruction
+        return {"pooling": pooling, "query_instruction": query_instruction,
+                "passage_instruction": passage_instruction, "query_max_length": config.query_max_len,
+                "passage_max_length": config.passage_max_len}
+
+    def _merge_init_adapter(self, init) -> None:
+        """Full fine-tuning from a LoRA adapter: fold it into the base first. A QLoRA
+        adapter belongs on the dequantized base, which ``embedrag merge`` builds."""
+        import warnings
+
+        from peft import PeftModel
+
+        from embedrag.engine.encoder import read_embedding_config
+
+        saved = read_embedding_config(init.adapter)
+        if saved is not None and (saved.extra or {}).get("finetune", {}).get("type") == "qlora":
+            raise ConfigError(f"--init-from {init.adapter}: merge a QLoRA adapter first (embedrag merge), "
+                              "then pass the merged folder")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            model = PeftModel.from_pretrained(self.encoder.model, str(init.adapter))
+        self.encoder.model = model.merge_and_unload()
+
     def _finetune_record(self) -> dict[str, Any]:
         config = self.config
         record: dict[str, Any] = {"type": config.finetune_type, "base_model": None,
-                                  "quantization_bits": config.bits, "temperature": config.temperature,
-                                  "train_datasets": config.train_datasets}
+                                  "quantization_bits": config.bits, "loss": config.loss,
+                                  "temperature": config.temperature, "train_datasets": config.train_datasets}
+        if config.loss == "margin-ranking":
+            record["margin"] = config.margin
+        if config.init_from:
+            record["init_from"] = str(config.init_from)
         if config.finetune_type != "full":
             record.update(lora_r=config.lora_r, lora_alpha=config.lora_alpha,
                           lora_dropout=config.lora_dropout)

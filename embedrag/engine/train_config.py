@@ -12,6 +12,7 @@ from embedrag.engine.models import DEFAULT_MODEL
 SCHEDULERS = ("linear", "cosine", "constant")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 BEST_METRICS = ("ndcg@10", "recall@10", "mrr@10", "loss")
+LOSSES = ("infonce", "margin-ranking")
 
 
 @dataclass
@@ -54,8 +55,11 @@ class TrainConfig:
     epochs: int = 2
     max_steps: int | None = None
     neg_nums: int = 2
+    loss: str = "infonce"
     temperature: float = 0.02
+    margin: float = 0.1
     in_batch_negatives: bool = True
+    init_from: str | None = None
     query_max_len: int = 256
     passage_max_len: int = 1024
     pooling: str = "auto"
@@ -134,6 +138,12 @@ class TrainConfig:
             yield f"--neg-nums must be >= 0, got {self.neg_nums}"
         if self.temperature <= 0:
             yield f"--temperature must be positive, got {self.temperature}"
+        if self.loss not in LOSSES:
+            yield f"--loss must be one of {', '.join(LOSSES)}, got {self.loss!r}"
+        if self.margin < 0:
+            yield f"--margin must be >= 0, got {self.margin}"
+        if self.init_from is not None and not Path(self.init_from).is_dir():
+            yield f"--init-from {self.init_from}: not a folder (give a training final/ or a model folder)"
         if self.lr is not None and self.lr <= 0:
             yield f"--lr must be positive, got {self.lr}"
         if not 0 <= self.warmup_proportion < 1:

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from embedrag.engine.loss.candidates import candidate_mask
+
 
 class InfoNCELoss(nn.Module):
     """InfoNCE (contrastive cross-entropy) over cosine similarity / temperature.
@@ -42,20 +44,8 @@ class InfoNCELoss(nn.Module):
     def candidate_mask(self, positive_index, passage_owner, passage_keys, positive_keys,
                        positive_keys_mask) -> torch.Tensor:
         """(B, M) bool: which passages are candidates for which query."""
-        queries = positive_index.shape[0]
-        rows = torch.arange(queries, device=positive_index.device)
-        if self.in_batch_negatives:
-            allowed = torch.ones(queries, passage_keys.shape[0], dtype=torch.bool,
-                                 device=positive_index.device)
-        else:
-            allowed = passage_owner.unsqueeze(0) == rows.unsqueeze(1)
-        same_text_as_a_positive = (
-            (passage_keys.view(1, -1, 1) == positive_keys.unsqueeze(1))
-            & positive_keys_mask.unsqueeze(1)
-        ).any(dim=-1)
-        allowed = allowed & ~same_text_as_a_positive
-        allowed[rows, positive_index] = True
-        return allowed
+        return candidate_mask(positive_index, passage_owner, passage_keys, positive_keys,
+                              positive_keys_mask, in_batch_negatives=self.in_batch_negatives)
 
     def forward(self, query_embeddings, passage_embeddings, positive_index, passage_owner,
                 passage_keys, positive_keys, positive_keys_mask) -> torch.Tensor:
