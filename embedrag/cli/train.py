@@ -134,6 +134,16 @@ def train(
         rich_help_panel=_MODEL)] = 1024,
     batch_size: Annotated[int, typer.Option(
         "--batch-size", "--batch_size", help="Queries per step and process.", rich_help_panel=_OPT)] = 16,
+    mini_batch_size: Annotated[int | None, typer.Option(
+        "--mini-batch-size", help="GradCache: embed the batch in chunks of this many texts; memory follows "
+        "the chunk, the update equals the full batch's.", rich_help_panel=_OPT)] = None,
+    cross_device_negatives: Annotated[bool | None, typer.Option(
+        "--cross-device-negatives/--no-cross-device-negatives", help="With several processes, contrast each "
+        "query with every process's passages. [default: on with >1 process]", rich_help_panel=_OPT,
+        show_default=False)] = None,
+    num_processes: Annotated[int, typer.Option(
+        "--num-processes", min=1, help="Relaunch through accelerate with this many processes (GPUs, or CPU "
+        "processes).", rich_help_panel=_OPT)] = 1,
     gradient_accumulation_steps: Annotated[int, typer.Option(
         "--gradient-accumulation-steps", "--gradient_accumulation_steps",
         help="Micro-batches per optimizer step (adds no negatives).", rich_help_panel=_OPT)] = 1,
@@ -210,7 +220,8 @@ def train(
         train_datasets=list(train_dataset), output_dir=str(output_dir), model=model,
         finetune_type=finetune_type, quantization_bits=quantization_bits, eval_dataset=eval_dataset,
         eval_split=eval_split,
-        batch_size=batch_size, gradient_accumulation_steps=gradient_accumulation_steps, lr=lr,
+        batch_size=batch_size, mini_batch_size=mini_batch_size, cross_device_negatives=cross_device_negatives,
+        gradient_accumulation_steps=gradient_accumulation_steps, lr=lr,
         weight_decay=weight_decay, max_grad_norm=max_grad_norm, epochs=epochs, max_steps=max_steps,
         neg_nums=neg_nums, loss=loss, temperature=temperature, margin=margin,
         init_from=str(init_from) if init_from else None, in_batch_negatives=in_batch_negatives,
@@ -226,6 +237,10 @@ def train(
         seed=seed,
     ).validate()
 
+    if num_processes > 1 and not dry_run:
+        from embedrag.engine.launch import relaunch
+
+        raise typer.Exit(relaunch(num_processes))
     if dry_run:
         from embedrag.engine.train import dry_run as run_dry
 
@@ -240,8 +255,12 @@ def train(
                       "hard negatives per query")
         return
 
+    from embedrag.engine.launch import is_main_process
     from embedrag.engine.train import train as run_training
 
+    if not is_main_process():  # one process reports; the others train quietly
+        run_training(config)
+        return
     with console.status("loading data and model..."):
         callback = _progress_callback()
     result = run_training(config, callback)

@@ -122,7 +122,14 @@ def _accelerator(mixed_precision: str):
 
     if AcceleratorState._shared_state and AcceleratorState().mixed_precision != mixed_precision:
         AcceleratorState._reset_state(reset_partial_state=False)
-    return Accelerator(mixed_precision=mixed_precision)
+    # Several processes without a GPU (torchrun or accelerate launch on CPU): accelerate
+    # only sets up gloo when told the run is on CPU.
+    import torch
+
+    from embedrag.engine.launch import in_distributed_launch
+
+    on_cpu = in_distributed_launch() and not torch.cuda.is_available()
+    return Accelerator(mixed_precision=mixed_precision, cpu=on_cpu)
 
 
 def _peak_memory_bytes(device_type: str) -> int:
@@ -342,6 +349,14 @@ class _Trainer:
         self.scheduler = self._scheduler()
         self.module, self.optimizer = self.accelerator.prepare(self.module, self.optimizer)
         self.loss_fn = _loss(config)
+        from embedrag.engine.contrastive import ContrastiveStep
+
+        world = self.accelerator.num_processes
+        self.contrastive_step = ContrastiveStep(
+            self.module, self.encoder, self.loss_fn, backward=self.accelerator.backward,
+            no_sync=lambda: self.accelerator.no_sync(self.module), mini_batch_size=config.mini_batch_size,
+            cross_device=world > 1 and config.cross_device_negatives is not False, world_size=world,
+            device=self.accelerator.device)
         self.device_type = torch.device(self.accelerator.device).type
         self.load_peak_memory = _peak_memory_bytes(self.device_type)
         _reset_peak_memory(self.device_type)
@@ -454,9 +469,9 @@ class _Trainer:
                 is_update = (micro_in_epoch + 1) % accumulation == 0 or last_of_epoch
                 sync = nullcontext() if is_update else self.accelerator.no_sync(self.module)
                 with sync:
-                    loss, tokens = self._forward_loss(batch)
-                    self.accelerator.backward(loss / window_size)
-                window_loss += float(loss.detach())
+                    step = self.contrastive_step(batch, 1.0 / window_size)
+                loss, tokens = step.loss, step.tokens
+                window_loss += loss
                 window_micro += 1
                 self.samples_seen += len(batch) * self.accelerator.num_processes
                 self.tokens_seen += tokens * self.accelerator.num_processes

@@ -48,6 +48,8 @@ class TrainConfig:
     eval_dataset: str | None = None
     eval_split: str = "test"
     batch_size: int = 16
+    mini_batch_size: int | None = None
+    cross_device_negatives: bool | None = None
     gradient_accumulation_steps: int = 1
     lr: float | None = None
     weight_decay: float = 0.0
@@ -130,6 +132,8 @@ class TrainConfig:
                      "passage_max_len", "lora_r", "lora_alpha", "eval_batch_size"):
             if getattr(self, name) <= 0:
                 yield f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}"
+        if self.mini_batch_size is not None and self.mini_batch_size <= 0:
+            yield f"--mini-batch-size must be positive, got {self.mini_batch_size}"
         for name in ("max_steps", "save_steps", "save_total_limit", "eval_steps", "early_stopping_patience"):
             value = getattr(self, name)
             if value is not None and value <= 0:

@@ -1,0 +1,43 @@
+"""Run one training step and save what it did: the loss, every trainable parameter's
+gradient (after DDP's reduction) and its value after the optimizer step.
+
+Run as a plain script for one process, or under ``torchrun --nproc_per_node N`` for
+several; each rank writes ``<out>/rank<r>.pt``. Used by tests/test_scale_out.py.
+
+    python tests/helpers/step_probe.py CONFIG.json OUT_DIR
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+
+def main() -> None:
+    import torch
+
+    from embedrag.engine.train import _Trainer
+    from embedrag.engine.train_config import TrainConfig
+
+    config = TrainConfig(**json.loads(Path(sys.argv[1]).read_text())).validate()
+    out = Path(sys.argv[2])
+    trainer = _Trainer(config, None)
+    trainer.load_data()
+    trainer.build()
+    batch = next(iter(trainer.sampler.batches(0)))
+    step = trainer.contrastive_step(batch, 1.0)
+    backbone = trainer._unwrapped()
+    names = {id(p): n for n, p in backbone.named_parameters()}
+    grads = {names[id(p)]: p.grad.detach().clone() for p in trainer.parameters if p.grad is not None}
+    trainer.optimizer.step()
+    weights = {names[id(p)]: p.detach().clone() for p in trainer.parameters}
+    rank = int(os.environ.get("RANK", "0"))
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save({"loss": step.loss, "grads": grads, "weights": weights, "queries": len(batch), "batch": {"queries": batch.queries, "passages": batch.passages},
+                "passages": len(batch.passages)}, out / f"rank{rank}.pt")
+
+
+if __name__ == "__main__":
+    main()

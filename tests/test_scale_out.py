@@ -1,0 +1,153 @@
+"""Scale-out: cross-device negatives over 2 CPU processes (gloo) and GradCache equal the
+single-process full-batch step, loss and gradients and weights."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+HELPER = Path(__file__).resolve().parent / "helpers" / "step_probe.py"
+TOPICS = ["apple", "river", "music", "stone", "cloud", "train", "green", "paper", "light",
+          "sugar", "horse", "glass", "tiger", "ocean", "piano", "maple"]
+
+
+@pytest.fixture(scope="module")
+def no_dropout_bert(tiny_bert, tmp_path_factory):
+    """The tiny BERT without dropout: equality of two computations needs the same masks,
+    and a full batch and its chunks draw them in a different order."""
+    import shutil
+
+    folder = tmp_path_factory.mktemp("bert-no-dropout") / "model"
+    shutil.copytree(tiny_bert, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    rng = random.Random(0)
+    path = tmp_path_factory.mktemp("scale-data") / "train.jsonl"
+    rows = []
+    for i, topic in enumerate(TOPICS):
+        others = rng.sample([t for t in TOPICS if t != topic], 1 + i % 3)  # 1-3 negatives: ragged shards
+        rows.append({"query": f"tell me about {topic}", "pos": [f"{topic}: all about the {topic}"],
+                     "neg": [f"{o}: all about the {o}" for o in others]})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _config(model, data, out, finetune_type, batch_size, **extra):
+    return dict(train_datasets=[str(data)], output_dir=str(out), model=str(model), finetune_type=finetune_type,
+                batch_size=batch_size, neg_nums=2, max_steps=1, lr=1e-2, warmup_proportion=0.0,
+                save_on_epoch_end=False, tensorboard=False, lora_dropout=0.0, seed=3, **extra)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _probe(config: dict, out: Path, processes: int = 1) -> list[dict]:
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "config.json"
+    path.write_text(json.dumps(config))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    if processes == 1:
+        command = [sys.executable, str(HELPER), str(path), str(out)]
+    else:
+        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
+                   "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(HELPER), str(path), str(out)]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return [torch.load(out / f"rank{r}.pt") for r in range(processes)]
+
+
+def _max_diff(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys() and a
+    return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+
+def _max_update_diff(a: dict, b: dict) -> float:
+    """Weights after the AdamW step, compared where the gradient is not vanishing: Adam's
+    first step is lr * g / (|g| + eps), which turns float noise in a ~0 gradient (LoRA's
+    zero-initialised B) into a full-size step of either sign."""
+    assert a["weights"].keys() == b["weights"].keys()
+    worst, compared = 0.0, 0
+    for name, grad in b["grads"].items():
+        conditioned = grad.abs() > 1e-4
+        diff = (a["weights"][name] - b["weights"][name]).abs()[conditioned]
+        compared += diff.numel()
+        worst = max(worst, float(diff.max()) if diff.numel() else 0.0)
+    assert compared > 100
+    return worst
+
+
+@pytest.mark.parametrize("finetune_type", ["lora", "full"])
+def test_two_processes_with_cross_device_negatives_equal_one_process(no_dropout_bert, data, tmp_path,
+                                                                      finetune_type):
+    single = _probe(_config(no_dropout_bert, data, tmp_path / "o1", finetune_type, 8), tmp_path / "one")[0]
+    ranks = _probe(_config(no_dropout_bert, data, tmp_path / "o2", finetune_type, 4), tmp_path / "two", 2)
+    assert single["queries"] == 8 and [r["queries"] for r in ranks] == [4, 4]
+    assert sum(r["passages"] for r in ranks) == single["passages"] > 8 + 8  # hard negatives present
+    for rank in ranks:
+        assert abs(rank["loss"] - single["loss"]) < 1e-5
+        assert _max_diff(rank["grads"], single["grads"]) < 1e-5
+        assert _max_update_diff(rank, single) < 1e-5
+    assert _max_diff(ranks[0]["weights"], ranks[1]["weights"]) == 0.0
+
+
+def test_without_cross_device_negatives_each_process_sees_its_own_batch(no_dropout_bert, data, tmp_path):
+    single = _probe(_config(no_dropout_bert, data, tmp_path / "o1", "lora", 8), tmp_path / "one")[0]
+    ranks = _probe(_config(no_dropout_bert, data, tmp_path / "o2", "lora", 4, cross_device_negatives=False),
+                   tmp_path / "two", 2)
+    assert abs(ranks[0]["loss"] - single["loss"]) > 1e-3  # fewer negatives: a different loss
+    assert _max_diff(ranks[0]["weights"], ranks[1]["weights"]) == 0.0
+
+
+@pytest.mark.parametrize("finetune_type", ["lora", "full"])
+def test_gradcache_equals_the_full_batch(no_dropout_bert, data, tmp_path, finetune_type):
+    full = _probe(_config(no_dropout_bert, data, tmp_path / "o1", finetune_type, 16), tmp_path / "full")[0]
+    cached = _probe(_config(no_dropout_bert, data, tmp_path / "o2", finetune_type, 16, mini_batch_size=4),
+                    tmp_path / "cached")[0]
+    assert abs(cached["loss"] - full["loss"]) < 1e-5
+    assert _max_diff(cached["grads"], full["grads"]) < 1e-5
+    assert _max_update_diff(cached, full) < 1e-5
+
+
+def test_gradcache_with_cross_device_negatives(no_dropout_bert, data, tmp_path):
+    single = _probe(_config(no_dropout_bert, data, tmp_path / "o1", "lora", 8), tmp_path / "one")[0]
+    ranks = _probe(_config(no_dropout_bert, data, tmp_path / "o2", "lora", 4, mini_batch_size=3),
+                   tmp_path / "two", 2)
+    for rank in ranks:
+        assert abs(rank["loss"] - single["loss"]) < 1e-5
+        assert _max_diff(rank["grads"], single["grads"]) < 1e-5
+
+
+def test_gradcache_replays_dropout(tiny_bert, data, tmp_path):
+    """With dropout on, the re-encoding pass must draw the masks of the cached pass, or the
+    cached embedding gradients would belong to other activations: the loss then still
+    falls over a few steps (a sanity check that training works with dropout)."""
+    from embedrag.engine.train import TrainCallback, train
+    from embedrag.engine.train_config import TrainConfig
+
+    losses = []
+
+    class Recorder(TrainCallback):
+        def on_step(self, log):
+            losses.append(log["loss"])
+
+    config = _config(tiny_bert, data, tmp_path / "out", "lora", 8, mini_batch_size=3)
+    config.update(max_steps=12, lr=5e-3, lora_dropout=0.1)
+    train(TrainConfig(**config), Recorder())
+    assert sum(losses[-3:]) < 0.8 * sum(losses[:3]), losses
