@@ -151,3 +151,39 @@ def test_gradcache_replays_dropout(tiny_bert, data, tmp_path):
     config.update(max_steps=12, lr=5e-3, lora_dropout=0.1)
     train(TrainConfig(**config), Recorder())
     assert sum(losses[-3:]) < 0.8 * sum(losses[:3]), losses
+
+
+def test_encoding_in_two_processes_equals_one(tiny_bert, tmp_path):
+    import numpy as np
+
+    from embedrag import Encoder
+    from embedrag.engine.parallel import EncoderPool
+
+    encoder = Encoder.load(tiny_bert, device="cpu", passage_max_length=48)
+    texts = [f"passage {i} " + "word " * (i % 23) for i in range(150)]
+    single = encoder.encode(texts, "passage", batch_size=16)
+    seen = []
+    with EncoderPool(encoder, 2) as pool:
+        parallel = pool.encode(texts, "passage", batch_size=16, progress=lambda done, total: seen.append(done))
+        again = pool.encode(texts[:40], "query", batch_size=16)  # the pool serves several calls
+    np.testing.assert_allclose(parallel, single, atol=1e-6)
+    np.testing.assert_allclose(again, encoder.encode(texts[:40], "query", batch_size=16), atol=1e-6)
+    assert seen[-1] == len(texts) and seen == sorted(seen)
+
+
+def test_eval_with_two_processes_gives_the_same_metrics(tiny_bert, tmp_path):
+    from typer.testing import CliRunner
+
+    from embedrag.cli import app
+
+    slice_folder = Path(__file__).resolve().parents[1] / "datasets" / "scifact-slice"
+    reports = []
+    for processes in (1, 2):
+        out = tmp_path / f"report-{processes}.json"
+        result = CliRunner().invoke(app, ["eval", "--beir", str(slice_folder), "--model", f"tiny={tiny_bert}",
+                                          "--no-cache", "--num-processes", str(processes), "--max-length", "64",
+                                          "--output", str(out)])
+        assert result.exit_code == 0, result.output
+        reports.append(json.loads(out.read_text())["models"][0]["metrics"])
+    assert reports[0] == pytest.approx(reports[1], abs=1e-9)
+    assert reports[0]["ndcg@10"] > 0

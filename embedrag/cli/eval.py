@@ -63,6 +63,9 @@ def eval_command(
         help="'all': rank the whole corpus; 'per-query': only each JSONL line's own pos + neg "
         "(hit@1/3/5 = Top-1/3/5 accuracy).")] = "all",
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 64,
+    num_processes: Annotated[int, typer.Option(
+        "--num-processes", min=1, help="Encode in this many worker processes (one per GPU, or CPU processes).")
+    ] = 1,
     max_length: Annotated[int | None, typer.Option(
         "--max-length", min=1, help="Override every model's query/passage token limit.")] = None,
     cache_dir: Annotated[Path | None, typer.Option(
@@ -118,7 +121,8 @@ def eval_command(
 
         report = evaluate(test_set, model or ["all-MiniLM-L6-v2"], ks=ks, batch_size=batch_size,
                           cache_dir=cache_dir, use_cache=cache, candidates=candidates,
-                          per_query=per_query, max_length=max_length, progress=progress)
+                          per_query=per_query, max_length=max_length, progress=progress,
+                          num_processes=num_processes)
     _finish(report, shown, output, per_query, plot)
 
 

@@ -34,6 +34,9 @@ def index(
                                           "ivf_hnsw_sq.")] = "auto",
     fts: Annotated[bool, typer.Option("--fts/--no-fts", help="Full-text index for hybrid search.")] = True,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Encoding batch size.")] = 64,
+    num_processes: Annotated[int, typer.Option(
+        "--num-processes", min=1, help="Encode in this many worker processes (one per GPU, or CPU processes).")
+    ] = 1,
 ) -> None:
     """Chunk documents with the model's tokenizer, embed them and store them in LanceDB."""
     from embedrag.engine.documents import JsonlFields, read_documents
@@ -61,7 +64,7 @@ def index(
 
         stats = build_index(documents, encoder, db=db, table=table, mode=mode, chunk_size=chunk_size,
                             chunk_overlap=chunk_overlap, ann=ann, fts=fts, encode_batch_size=batch_size,
-                            progress=progress)
+                            num_processes=num_processes, progress=progress)
     summary = Table(show_header=False, title=f"{escape(str(db))} :: {escape(table)}", title_justify="left")
     summary.add_column(style="bold")
     summary.add_column()

@@ -65,6 +65,9 @@ def mine(
         "--with-scores", help="Also write pos_scores / neg_scores (for distillation).")] = False,
     seed: Annotated[int, typer.Option(help="Seed for --sampling random.")] = 42,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Encoding batch size.")] = 64,
+    num_processes: Annotated[int, typer.Option(
+        "--num-processes", min=1, help="Encode in this many worker processes (one per GPU, or CPU processes).")
+    ] = 1,
     cache_dir: Annotated[Path | None, typer.Option(
         "--cache-dir", help="Corpus-embedding cache (shared with eval). [default: ~/.cache/embedrag/embeddings]",
         show_default=False)] = None,
@@ -88,7 +91,8 @@ def mine(
     config = MineConfig(negatives=negatives, range_start=start, range_end=end, sampling=sampling,
                         relative_margin=relative_margin or None, absolute_margin=absolute_margin,
                         strategy=strategy, score_formula=score_formula, positive_weight=positive_weight,
-                        replace=replace, with_scores=with_scores, seed=seed, batch_size=batch_size).validate()
+                        replace=replace, with_scores=with_scores, seed=seed, batch_size=batch_size,
+                        num_processes=num_processes).validate()
     if output.is_dir():
         raise ConfigError(f"--output {output} is a folder; give a file name such as train.jsonl")
     if output.exists() and not overwrite:
@@ -97,7 +101,7 @@ def mine(
         raise ConfigError("--output must not be the --input file")
     if only_failing is not None:
         _only_failing(input, output, only_failing, model=model, beir=beir, split=split, candidates=candidates,
-                      corpus=corpus, batch_size=batch_size,
+                      corpus=corpus, batch_size=batch_size, num_processes=num_processes,
                       cache_dir=(cache_dir or default_cache_dir()) if cache else None, report=report)
         return
     from embedrag.engine.mine import mine as run_mine

@@ -290,12 +290,14 @@ class Encoder:
         batch_size: int = 32,
         precision: str = "fp32",
         progress: Callable[[int, int], None] | None = None,
+        num_processes: int = 1,
     ) -> np.ndarray:
         """Embed ``texts`` as queries or passages: float32 array (len(texts), dimension).
 
         Texts are sorted by token length and batched with dynamic padding so short texts
         never pay for long ones; rows come back in input order. ``progress(done, total)``
-        is called after every batch."""
+        is called after every batch. ``num_processes`` > 1 spreads the work over worker
+        processes (one per GPU, or CPU processes sharing the cores)."""
         import numpy as np
         import torch
 
@@ -310,6 +312,11 @@ class Encoder:
         out = np.zeros((total, self.dimension), dtype=np.float32)
         if total == 0:
             return out
+        if num_processes > 1 and total > batch_size:
+            from embedrag.engine.parallel import encode_in_processes
+
+            return encode_in_processes(self, texts, kind, num_processes=num_processes, batch_size=batch_size,
+                                       precision=precision, progress=progress)
         ids = self.tokenize(texts, kind)["input_ids"]
         order = sorted(range(total), key=lambda i: -len(ids[i]))
         device_type = torch.device(self.device).type

@@ -200,7 +200,7 @@ def _rank(test_set: TestSet, query_vectors, corpus_vectors, doc_ids: list[str], 
 def evaluate_model(encoder: Encoder, test_set: TestSet, *, name: str, ks: Sequence[int],
                    batch_size: int = 64, cache: EmbeddingCache | None = None,
                    candidates: str = "all", per_query: bool = False,
-                   progress: Progress | None = None) -> ModelResult:
+                   progress: Progress | None = None, num_processes: int = 1) -> ModelResult:
     """Score one loaded model on a test set."""
     cache = cache or EmbeddingCache(None)
     doc_ids = list(test_set.corpus)
@@ -211,7 +211,7 @@ def evaluate_model(encoder: Encoder, test_set: TestSet, *, name: str, ks: Sequen
     cached = corpus_vectors is not None
     if corpus_vectors is None:
         corpus_vectors = encoder.encode(
-            [test_set.corpus[d] for d in doc_ids], "passage", batch_size=batch_size,
+            [test_set.corpus[d] for d in doc_ids], "passage", batch_size=batch_size, num_processes=num_processes,
             progress=(lambda done, total: progress(f"{name}: corpus", done, total)) if progress else None)
         cache.store(model_fp, corpus_fp, corpus_vectors)
     corpus_seconds = time.perf_counter() - started
@@ -252,8 +252,10 @@ def evaluate(
     max_length: int | None = None,
     device: str | None = None,
     progress: Progress | None = None,
+    num_processes: int = 1,
 ) -> EvaluationReport:
-    """Evaluate each model on ``test_set``; the first model is the baseline."""
+    """Evaluate each model on ``test_set``; the first model is the baseline. ``num_processes``
+    > 1 embeds each corpus in that many worker processes (one per GPU, or CPU processes)."""
     from embedrag.engine.encoder import Encoder
 
     ks = check_ks(ks)
@@ -278,7 +280,7 @@ def evaluate(
         encoder = Encoder.load(spec.path, device=device, **lengths)
         results.append(evaluate_model(encoder, test_set, name=spec.name, ks=ks, batch_size=batch_size,
                                       cache=cache, candidates=candidates, per_query=per_query,
-                                      progress=progress))
+                                      progress=progress, num_processes=num_processes))
         del encoder
     return EvaluationReport(test_set=test_set.describe(), ks=ks, candidates=candidates, models=results,
                             seconds=time.perf_counter() - started)

@@ -82,6 +82,7 @@ class MineConfig:
     with_scores: bool = False
     seed: int = 42
     batch_size: int = 64
+    num_processes: int = 1
 
     def validate(self) -> MineConfig:
         if self.negatives < 1:
@@ -99,6 +100,8 @@ class MineConfig:
             raise ConfigError(f"--absolute-margin must be >= 0, got {self.absolute_margin}")
         if self.batch_size < 1:
             raise ConfigError(f"--batch-size must be positive, got {self.batch_size}")
+        if self.num_processes < 1:
+            raise ConfigError(f"--num-processes must be positive, got {self.num_processes}")
         return self
 
 
@@ -242,7 +245,7 @@ def load_table_corpus(db: str | os.PathLike, table: str, encoder: Encoder) -> Co
 # ---------------------------------------------------------------------- mining
 def _encode(encoder: Encoder, texts: Sequence[str], kind: str, config: MineConfig, label: str,
             progress: Progress | None) -> np.ndarray:
-    return encoder.encode(list(texts), kind, batch_size=config.batch_size,
+    return encoder.encode(list(texts), kind, batch_size=config.batch_size, num_processes=config.num_processes,
                           progress=(lambda done, total: progress(label, done, total)) if progress else None)
 
 
@@ -541,6 +544,7 @@ def select_failing(
     batch_size: int = 64,
     cache_dir: str | os.PathLike | None = None,
     progress: Progress | None = None,
+    num_processes: int = 1,
 ) -> tuple[list[Example], FailingReport]:
     """The lines whose positive is not in the model's top ``k``: among the line's own pos +
     neg (``per-query``, eval's ``--candidates per-query``) or over ``corpus`` (``all``; the
@@ -565,7 +569,7 @@ def select_failing(
     result = evaluate_model(encoder, test_set, name="model", ks=ks, batch_size=batch_size,
                             cache=EmbeddingCache(Path(cache_dir) if cache_dir else None),
                             candidates="all" if candidates == "all" else "per-query", per_query=True,
-                            progress=progress)
+                            progress=progress, num_processes=num_processes)
     assert result.per_query is not None
     kept = [example for example, qid in zip(usable, test_set.qrels) if result.per_query[qid][f"hit@{k}"] == 0]
     accuracy = {f"top{cut}": result.metrics[f"hit@{cut}"] for cut in ks}
@@ -588,6 +592,7 @@ def only_failing(
     cache_dir: str | os.PathLike | None = None,
     device: str | None = None,
     progress: Progress | None = None,
+    num_processes: int = 1,
 ) -> FailingReport:
     """Write the lines of ``input`` (or a BEIR split) whose positive the model does not rank
     in its top ``k`` to ``output``: the second-stage "hard example" training set."""
@@ -600,7 +605,8 @@ def only_failing(
     encoder = model if isinstance(model, Encoder) else Encoder.load(model, device=device)
     pool = load_corpus(corpus) if corpus is not None else own_corpus
     kept, report = select_failing(examples, encoder, k, candidates=candidates, corpus=pool,
-                                  batch_size=batch_size, cache_dir=cache_dir, progress=progress)
+                                  batch_size=batch_size, cache_dir=cache_dir, progress=progress,
+                                  num_processes=num_processes)
     report.input = label
     if output is not None:
         report.output = str(write_lines([_example_line(e) for e in kept], output))

@@ -7,6 +7,7 @@ with another model is refused instead of returning garbage.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -189,6 +190,7 @@ def build_index(
     encode_batch_size: int = 64,
     ann: str = "auto",
     fts: bool = True,
+    num_processes: int = 1,
     progress: Callable[[int, int], None] | None = None,
 ) -> IndexStats:
     """Chunk, embed and write ``documents`` into ``db``/``table``.
@@ -229,7 +231,8 @@ def build_index(
         nonlocal count_chunks, replaced
         pieces = [chunker.split(d.text) or [d.text.strip() or d.title or d.id] for d in batch]
         texts = [p for chunks in pieces for p in chunks]
-        vectors = encoder.encode(texts, "passage", batch_size=encode_batch_size)
+        vectors = (pool.encode(texts, "passage", batch_size=encode_batch_size) if pool is not None
+                   else encoder.encode(texts, "passage", batch_size=encode_batch_size))
         if mode == "upsert":
             where = f"doc_id IN ({_quote(d.id for d in batch)})"
             existing = handle.search().where(where).select(["doc_id"]).limit(None).to_list()
@@ -240,18 +243,22 @@ def build_index(
         if progress:
             progress(count_documents, count_chunks)
 
-    for document in documents:
-        if document.id in seen_ids:
-            raise ConfigError(f"duplicate document id {document.id!r} in the input ({document.source}); "
-                              "ids must be unique (--id-field)")
-        seen_ids.add(document.id)
-        batch.append(document)
-        count_documents += 1
-        if len(batch) >= batch_documents:
+    from embedrag.engine.parallel import EncoderPool
+
+    with contextlib.ExitStack() as stack:
+        pool = stack.enter_context(EncoderPool(encoder, num_processes)) if num_processes > 1 else None
+        for document in documents:
+            if document.id in seen_ids:
+                raise ConfigError(f"duplicate document id {document.id!r} in the input ({document.source}); "
+                                  "ids must be unique (--id-field)")
+            seen_ids.add(document.id)
+            batch.append(document)
+            count_documents += 1
+            if len(batch) >= batch_documents:
+                flush()
+                batch = []
+        if batch:
             flush()
-            batch = []
-    if batch:
-        flush()
     rows = handle.count_rows()
     ann_built = _maybe_ann(handle, ann, rows)
     if fts and rows:
