@@ -187,3 +187,24 @@ def test_eval_with_two_processes_gives_the_same_metrics(tiny_bert, tmp_path):
         reports.append(json.loads(out.read_text())["models"][0]["metrics"])
     assert reports[0] == pytest.approx(reports[1], abs=1e-9)
     assert reports[0]["ndcg@10"] > 0
+
+
+def test_num_processes_relaunches_through_accelerate(tiny_bert, data, tmp_path):
+    """`embedrag train --num-processes 2` runs two gloo processes; only the main one writes."""
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "embedrag", "train", "--train-dataset", str(data), "--output-dir", str(out),
+               "--model", str(tiny_bert), "--finetune-type", "lora", "--batch-size", "4", "--max-steps", "3",
+               "--save-steps", "2", "--no-save-on-epoch-end", "--num-processes", "2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert result.stdout.count("training summary") == 1  # one process reports
+    summary = json.loads((out / "training_summary_report.json").read_text())
+    assert summary["start"]["processes"] == 2 and summary["global_step"] == 3
+    assert (out / "final" / "adapter_model.safetensors").is_file()
+    assert (out / "checkpoint-step-2" / "trainer_state.json").is_file()
+    resumed = subprocess.run([*command[:-2], "--max-steps", "4", "--num-processes", "2",
+                              "--resume-from-checkpoint", "latest"], env=env, capture_output=True, text=True,
+                             timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert json.loads((out / "training_summary_report.json").read_text())["global_step"] == 4

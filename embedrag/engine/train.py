@@ -693,7 +693,10 @@ class _Trainer:
         if state.get("finetune_type") != self.config.finetune_type:
             raise ConfigError(f"{checkpoint} was trained with --finetune-type "
                               f"{state.get('finetune_type')}, not {self.config.finetune_type}")
-        weights = load_file(str(checkpoint / TRAINABLE_STATE), device=str(self.accelerator.device))
+        # "cpu", not "cpu:0" (accelerate's name for it in a gloo run): neither safetensors
+        # nor torch.load knows the latter.
+        device = "cpu" if torch.device(self.accelerator.device).type == "cpu" else str(self.accelerator.device)
+        weights = load_file(str(checkpoint / TRAINABLE_STATE), device=device)
         backbone = self._unwrapped()
         named = dict(backbone.named_parameters())
         missing = [name for name, p in named.items() if p.requires_grad and name not in weights]
@@ -703,7 +706,9 @@ class _Trainer:
         with torch.no_grad():
             for name, value in weights.items():
                 named[name].copy_(value)
-        self.optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=False))
+        # Every process reads the main process's files onto its own device.
+        self.optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", map_location=device,
+                                                  weights_only=False))
         self.scheduler.load_state_dict(torch.load(checkpoint / "scheduler.pt", weights_only=False))
         _set_rng_state(torch.load(checkpoint / "rng_state.pt", weights_only=False))
         for key in ("global_step", "epoch", "micro_step", "epoch_loss_sum", "epoch_loss_count",
