@@ -11,6 +11,7 @@ import typer
 
 from embedrag import __version__
 from embedrag.cli import ask as _ask
+from embedrag.cli import demo as _demo
 from embedrag.cli import doctor as _doctor
 from embedrag.cli import eval as _eval
 from embedrag.cli import index as _index
@@ -58,6 +59,7 @@ app.command(name="ask")(_ask.ask)
 app.command(name="mine")(_mine.mine)
 app.command(name="validate")(_validate.validate)
 app.command(name="doctor")(_doctor.doctor)
+app.command(name="demo")(_demo.demo)
 
 
 def main() -> None:

@@ -1,0 +1,57 @@
+"""``embedrag demo``: the whole loop offline on the bundled model and the SciFact slice."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from embedrag.cli._common import console, reports_errors
+
+
+@reports_errors
+def demo(
+    workdir: Annotated[Path, typer.Option(help="Where the run, merged model and LanceDB go.")] = Path("embedrag-demo"),
+    finetune_type: Annotated[str, typer.Option("--finetune-type", help="qlora, lora or full.")] = "qlora",
+    epochs: Annotated[int, typer.Option(min=1, help="Training epochs over the slice's 200 queries.")] = 1,
+    model: Annotated[str, typer.Option("--model", "-m", help="Model to fine-tune.")
+                     ] = "sentence-transformers/all-MiniLM-L6-v2",
+    data: Annotated[Path | None, typer.Option(
+        help="BEIR folder with train.jsonl and test.jsonl. [default: datasets/scifact-slice]",
+        show_default=False)] = None,
+) -> None:
+    """Evaluate the base model, fine-tune, merge, index, evaluate again and answer a question."""
+    from embedrag.cli.train import _progress_callback
+    from embedrag.engine.demo import METRICS, run_demo
+
+    def on_stage(name: str, detail: str) -> None:
+        console.rule(f"[bold]{escape(name)}[/] [dim]{escape(detail)}[/]", align="left")
+
+    result = run_demo(workdir, finetune_type=finetune_type, epochs=epochs, data=data, model=model, on_stage=on_stage,
+                      train_callback=_progress_callback())
+    table = Table(title=f"SciFact slice test: base vs {result.finetune_type} fine-tune", title_justify="left")
+    table.add_column("metric", style="bold")
+    table.add_column("base", justify="right")
+    table.add_column("tuned", justify="right")
+    table.add_column("gain", justify="right")
+    for metric in METRICS:
+        gain = result.after[metric] - result.before[metric]
+        colour = "green" if gain > 0 else "red" if gain < 0 else "dim"
+        table.add_row(metric, f"{result.before[metric]:.4f}", f"{result.after[metric]:.4f}",
+                      f"[{colour}]{gain:+.4f}[/]")
+    console.print(table)
+    console.print(f"[bold]Q:[/] {escape(result.answer.question)}")
+    for number, hit in enumerate(result.answer.passages, start=1):
+        console.print(f"  [{number}] {hit.score:.3f} {escape(hit.title or hit.doc_id)}: "
+                      f"{escape(hit.text[:160])}...")
+    paths = Table(show_header=False, title="written", title_justify="left")
+    paths.add_column(style="bold")
+    paths.add_column()
+    for name, path in result.paths.items():
+        paths.add_row(name, escape(path))
+    console.print(paths)
+    console.print("[dim]" + ", ".join(f"{k} {v:.0f} s" for k, v in result.seconds.items())
+                  + f"; total {result.total_seconds:.0f} s[/]")
