@@ -13,8 +13,7 @@ setup:
 	@bash scripts/setup_env.sh
 
 demo: setup
-	$(BIN)/embedrag doctor
-	$(BIN)/embedrag validate datasets/sample_data.jsonl datasets/scifact-slice/train.jsonl datasets/scifact-slice/test.jsonl --model sentence-transformers/all-MiniLM-L6-v2
+	$(BIN)/embedrag demo --workdir embedrag-demo
 
 test: setup
 	$(BIN)/python -m pytest -q
