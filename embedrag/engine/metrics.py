@@ -72,13 +72,13 @@ def check_ks(ks: Iterable[int]) -> tuple[int, ...]:
     try:
         values = list(ks)
     except TypeError:
-        raise ConfigError(f"k values must be a list of positive integers, got {ks!r}") from None
+        raise ConfigError(f"--k values must be a list of positive integers, got {ks!r}") from None
     if not values:
-        raise ConfigError("at least one k value is needed")
+        raise ConfigError("--k: at least one k value is needed")
     for k in values:
         # bool is an int subclass; True as a cutoff is surely a mistake.
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
-            raise ConfigError(f"k values must be positive integers, got {k!r}")
+            raise ConfigError(f"--k values must be positive integers, got {k!r}")
     return tuple(sorted({int(k) for k in values}))
 
 
