@@ -133,7 +133,7 @@ CASES = [
                                                  str(t / "merged")], "absent", ("merged",)),
     Case("merge: adapter from another base", lambda t, m: ["merge", "--adapter", m["adapter"], "--output-path",
                                                            str(t / "merged"), "--base-model-path", m["qwen"]],
-         "", ("merged",)),
+         "was trained on", ("merged",)),
     # ---------------------------------------------------------------- ask
     Case("ask: no database", lambda t, m: ["ask", "hello", "--db", str(t / "absent.lancedb")], "absent.lancedb"),
     Case("ask: no table", lambda t, m: _index_then(t, m["bert"]) + ["ask", "hello", "--db", str(t / "db"),

@@ -97,7 +97,8 @@ def _check_compatible(adapter: Path, base: str, adapter_settings) -> None:
 
     arch = "decoder" if is_decoder_config(base_config) else "encoder"
     if recorded_arch and recorded_arch != arch:
-        raise ConfigError(f"adapter {adapter} was trained on an {recorded_arch} model, base {base} is an {arch}")
+        raise ConfigError(f"adapter {adapter} was trained on a model of type {recorded_arch}; "
+                          f"base {base} is of type {arch}")
 
 
 def _load_base(base: str, finetune: dict[str, Any], qlora_base: str, device: str) -> Encoder:
