@@ -33,7 +33,7 @@ class RankedEncoder:
         self.config = EmbeddingConfig()
         self.scores = scores
 
-    def encode(self, texts, kind="passage", batch_size=64, progress=None):
+    def encode(self, texts, kind="passage", batch_size=64, progress=None, num_processes=1):
         rows = []
         for text in texts:
             if kind == "query":

@@ -42,7 +42,7 @@ class FakeEncoder:
         angle = 0.37 * i  # spread passages around the query axis so they differ from each other
         return np.array([score, rest * math.cos(angle), rest * math.sin(angle)], np.float32)
 
-    def encode(self, texts, kind="passage", batch_size=64, progress=None):
+    def encode(self, texts, kind="passage", batch_size=64, progress=None, num_processes=1):
         return np.stack([self.vectors[t] for t in texts]) if texts else np.zeros((0, 3), np.float32)
 
 

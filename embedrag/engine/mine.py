@@ -211,6 +211,11 @@ def load_corpus(path: str | os.PathLike) -> Corpus:
         path = path / "corpus.jsonl"
     if path.is_file() and path.suffix.lower() == ".jsonl":
         first = next(iter(iter_json_objects(path)), (0, {}))[1]
+        if "_id" in first and "text" in first:
+            from embedrag.engine.testsets import read_beir_corpus
+
+            beir = read_beir_corpus(path)  # the passages eval and --beir build: one embedding cache
+            return Corpus(list(beir), list(beir.values()), str(path))
         if "query" in first and "pos" in first:
             from embedrag.engine.data import load_examples
 

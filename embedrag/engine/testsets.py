@@ -119,12 +119,7 @@ def load_beir_testset(folder: str | os.PathLike, split: str = "test") -> TestSet
         splits = available_splits(folder)
         raise DataError([f"{folder}: unknown split {split!r}"
                          + (f" (available: {', '.join(splits)})" if splits else " (no qrels/*.tsv)")])
-    corpus = {}
-    for number, record in _read_jsonl_records(corpus_path):
-        title, text = record.get("title") or "", record.get("text") or ""
-        if not isinstance(title, str) or not isinstance(text, str):
-            raise DataError([f"{corpus_path}:{number}: \"title\" and \"text\" must be strings"])
-        corpus[str(record["_id"])] = f"{title} {text}" if title else text
+    corpus = read_beir_corpus(corpus_path)
     queries = {str(r["_id"]): str(r.get("text", "")) for _, r in _read_jsonl_records(queries_path)}
     qrels = _read_qrels(qrels_path)
     if not qrels:
@@ -133,6 +128,18 @@ def load_beir_testset(folder: str | os.PathLike, split: str = "test") -> TestSet
     qrels = {qid: docs for qid, docs in qrels.items()}
     return TestSet(name=folder.name, source=str(folder), split=split,
                    queries={qid: queries[qid] for qid in qrels}, corpus=corpus, qrels=qrels)
+
+
+def read_beir_corpus(path: str | os.PathLike) -> dict[str, str]:
+    """A BEIR corpus.jsonl as id -> passage, ``title + " " + text`` as BEIR and MTEB build it."""
+    path = Path(path)
+    corpus = {}
+    for number, record in _read_jsonl_records(path):
+        title, text = record.get("title") or "", record.get("text") or ""
+        if not isinstance(title, str) or not isinstance(text, str):
+            raise DataError([f"{path}:{number}: \"title\" and \"text\" must be strings"])
+        corpus[str(record["_id"])] = f"{title} {text}" if title else text
+    return corpus
 
 
 def _read_qrels(path: Path) -> dict[str, dict[str, int]]:
