@@ -221,3 +221,31 @@ def test_validation_on_a_beir_folder(tiny_bert, toy_data, tmp_path):
     train(config, recorder)
     assert [m["step"] for m in recorder.metrics] == [0, 2, 4]
     assert all(0 <= m["ndcg@10"] <= 1 for m in recorder.metrics)
+
+
+def test_ctrl_c_saves_a_resumable_checkpoint(tiny_bert, toy_data, tmp_path):
+    import os
+    import signal
+
+    from embedrag.engine.errors import TrainingInterrupted
+
+    options = dict(max_steps=10, save_on_epoch_end=False, lora_dropout=0.1, warmup_proportion=0.2)
+    straight = train(_config(tiny_bert, toy_data[0], tmp_path / "a", "lora", **options))
+
+    class CtrlC(TrainCallback):
+        def on_step(self, log):
+            if log["step"] == 5:
+                os.kill(os.getpid(), signal.SIGINT)  # what a terminal's Ctrl-C sends
+
+    with pytest.raises(TrainingInterrupted, match="interrupted at step 5") as raised:
+        train(_config(tiny_bert, toy_data[0], tmp_path / "b", "lora", **options), CtrlC())
+    assert raised.value.exit_code == 130
+    assert (tmp_path / "b" / "checkpoint-step-5" / "trainer_state.json").is_file()
+    assert not (tmp_path / "b" / "final").exists()
+    assert signal.getsignal(signal.SIGINT) is not None  # the previous handler is back
+    resumed = train(_config(tiny_bert, toy_data[0], tmp_path / "b", "lora", resume_from_checkpoint="latest",
+                            **options))
+    assert resumed.global_step == straight.global_step == 10
+    a = load_file(straight.final_dir / "adapter_model.safetensors")
+    b = load_file(resumed.final_dir / "adapter_model.safetensors")
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-6

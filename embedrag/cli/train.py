@@ -263,5 +263,8 @@ def train(
         return
     with console.status("loading data and model..."):
         callback = _progress_callback()
-    result = run_training(config, callback)
+    try:
+        result = run_training(config, callback)
+    finally:
+        callback.progress.stop()  # leave the terminal clean on errors and Ctrl-C too
     console.print(_summary_table(result))

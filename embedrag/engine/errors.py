@@ -28,3 +28,9 @@ class DataError(EmbedragError):
 
 class ConfigError(EmbedragError):
     """Options that cannot work together, or a value out of range."""
+
+
+class TrainingInterrupted(EmbedragError):
+    """Training stopped on request (Ctrl-C) after saving a resumable checkpoint."""
+
+    exit_code = 130

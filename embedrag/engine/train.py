@@ -82,6 +82,35 @@ class DryRunReport:
 
 
 # ---------------------------------------------------------------------- the model wrapper
+class _StopRequest:
+    """While active, the first Ctrl-C (SIGINT) only asks training to stop after the
+    current optimizer step, with a checkpoint; a second one interrupts at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = None
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        logger.warning("stopping after this step and saving a checkpoint (Ctrl-C again to abort now)")
+
+    def __enter__(self) -> _StopRequest:
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import signal
+
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
 def _loss(config: TrainConfig):
     """The training loss the config names."""
     from embedrag.engine.loss import InfoNCELoss, MarginRankingLoss
@@ -458,6 +487,12 @@ class _Trainer:
                     for key, value in self.base_metrics.items():
                         self.writer.add_scalar(f"eval/{key}", value, 0)
                 self.callback.on_evaluate({**self.base_metrics, "step": 0})
+        with _StopRequest() as stop:
+            self._loop(stop, accumulation)
+        seconds = self.seconds_before_resume + time.perf_counter() - start
+        return self._finish(seconds)
+
+    def _loop(self, stop: _StopRequest, accumulation: int) -> None:
         window_loss = 0.0
         window_micro = 0
         while self.epoch < self.num_epochs and not self._done():
@@ -491,11 +526,34 @@ class _Trainer:
                 if last_of_epoch:
                     self._end_epoch()
                 self._maybe_evaluate(epoch_end=last_of_epoch)
-                self._maybe_checkpoint(epoch_end=last_of_epoch)
+                saved = self._maybe_checkpoint(epoch_end=last_of_epoch)
+                if self._stop_requested(stop) and not self._done():
+                    self._stop(saved)
                 if self._done():
                     break
-        seconds = self.seconds_before_resume + time.perf_counter() - start
-        return self._finish(seconds)
+
+    def _stop_requested(self, stop: _StopRequest) -> bool:
+        """Ctrl-C in any process stops them all at the same step."""
+        if self.accelerator.num_processes == 1:
+            return stop.requested
+        import torch
+
+        flag = torch.tensor([int(stop.requested)], device=self.accelerator.device)
+        return bool(self.accelerator.reduce(flag, reduction="sum").item())
+
+    def _stop(self, saved: Path | None) -> None:
+        """Save where the run stands (unless this step was just saved) and leave."""
+        from embedrag.engine.errors import TrainingInterrupted
+
+        target = saved or self.output_dir / f"checkpoint-step-{self.global_step}"
+        if saved is None:
+            self.accelerator.wait_for_everyone()
+            if self.is_main:
+                self._atomic_folder(target, self._write_checkpoint)
+                self._write_logs()
+            self.accelerator.wait_for_everyone()
+        raise TrainingInterrupted(f"interrupted at step {self.global_step} of {self.total_updates}: checkpoint "
+                                  f"{target}; continue with --resume-from-checkpoint latest")
 
     def _done(self) -> bool:
         return self.global_step >= self.total_updates or self.stopped_early
@@ -634,14 +692,14 @@ class _Trainer:
         self.callback.on_save(target)
         return target
 
-    def _maybe_checkpoint(self, *, epoch_end: bool) -> None:
+    def _maybe_checkpoint(self, *, epoch_end: bool) -> Path | None:
         names = []
         if epoch_end and self.config.save_on_epoch_end:
             names.append(f"checkpoint-epoch-{self.epoch}")
         if self.config.save_steps and self.global_step % self.config.save_steps == 0:
             names.append(f"checkpoint-step-{self.global_step}")
         if not names:
-            return
+            return None
         self.accelerator.wait_for_everyone()
         if self.is_main:
             for name in names:
@@ -649,6 +707,7 @@ class _Trainer:
             self._rotate_checkpoints()
             self._write_logs()
         self.accelerator.wait_for_everyone()
+        return self.output_dir / names[-1]
 
     def _write_checkpoint(self, folder: Path) -> None:
         import torch
