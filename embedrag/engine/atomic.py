@@ -41,3 +41,17 @@ def write_json(path: str | os.PathLike, obj) -> Path:
     tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     os.replace(tmp, path)
     return path
+
+
+def remove_stale_staging(folder: str | os.PathLike) -> list[Path]:
+    """Delete what killed writers left in ``folder``: staging folders (``.NAME.tmp-*``) and
+    replaced ones (``.NAME.old-*``). Nothing else is touched; returns what was removed."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for path in folder.iterdir():
+        if path.name.startswith(".") and (".tmp-" in path.name or ".old-" in path.name):
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed

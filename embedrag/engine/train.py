@@ -320,6 +320,12 @@ class _Trainer:
     def check_output_dir(self) -> None:
         out = self.output_dir
         if self.config.resume_from_checkpoint or self.config.overwrite_output_dir:
+            from embedrag.engine.atomic import remove_stale_staging
+            from embedrag.engine.launch import is_main_process
+
+            if is_main_process():
+                for path in remove_stale_staging(out):
+                    logger.info("removed %s, left by an interrupted run", path)
             return
         if out.exists() and (out.is_file() or any(out.iterdir())):
             raise ConfigError(f"output dir {out} exists and is not empty: pass --overwrite-output-dir "

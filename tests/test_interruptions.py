@@ -1,0 +1,107 @@
+"""Killed runs lose nothing: SIGKILL at varied points of training (checkpoint writes
+included) and of an upsert, then a re-run ends exactly where a clean run ends."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
+TOPICS = ["apple", "river", "music", "stone", "cloud", "train", "green", "paper", "light",
+          "sugar", "horse", "glass", "tiger", "ocean", "piano", "maple"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("kill-data") / "train.jsonl"
+    rows = [{"query": f"tell me about {t}", "pos": [f"{t}: all about the {t}"],
+             "neg": [f"{o}: all about the {o}" for o in TOPICS if o != t][:3]} for t in TOPICS]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _train_command(model: Path, data: Path, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "embedrag", "train", "--train-dataset", str(data), "--output-dir", str(out),
+            "--model", str(model), "--finetune-type", "lora", "--batch-size", "4", "--max-steps", "10",
+            "--save-steps", "1", "--no-save-on-epoch-end", "--lora-dropout", "0.1", "--seed", "5", *extra]
+
+
+def _kill_when(process: subprocess.Popen, ready, delay: float, timeout: float = 120) -> bool:
+    """SIGKILL ``process`` ``delay`` seconds after ``ready()`` holds; False if it ended first."""
+    deadline = time.time() + timeout
+    while not ready():
+        if process.poll() is not None or time.time() > deadline:
+            return False
+        time.sleep(0.05)
+    time.sleep(delay)
+    if process.poll() is not None:
+        return False
+    process.kill()
+    process.wait()
+    return True
+
+
+def _checkpoints(out: Path) -> int:
+    return sum(1 for c in out.glob("checkpoint-*") if (c / "trainer_state.json").is_file())
+
+
+def test_sigkill_during_training_then_resume_reaches_the_same_weights(tiny_bert, data, tmp_path):
+    clean = tmp_path / "clean"
+    subprocess.run(_train_command(tiny_bert, data, clean), env=ENV, check=True, capture_output=True, timeout=300)
+    reference = load_file(clean / "final" / "adapter_model.safetensors")
+    rng = random.Random(1234)
+    killed = 0
+    for run in range(5):
+        out = tmp_path / f"run{run}"
+        # Kill after 1..5 complete checkpoints, a random moment later: mid-step or mid-write.
+        after = run + 1
+        process = subprocess.Popen(_train_command(tiny_bert, data, out), env=ENV, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
+        killed += _kill_when(process, lambda o=out, n=after: _checkpoints(o) >= n, rng.uniform(0.0, 0.3))
+        resumed = subprocess.run(_train_command(tiny_bert, data, out, "--resume-from-checkpoint", "latest"),
+                                 env=ENV, capture_output=True, text=True, timeout=300)
+        assert resumed.returncode == 0, resumed.stdout[-1500:] + resumed.stderr[-1500:]
+        weights = load_file(out / "final" / "adapter_model.safetensors")
+        assert max(float((weights[k] - reference[k]).abs().max()) for k in reference) < 1e-6
+        assert not list(out.glob(".*tmp*")), "a half-written folder was left behind"
+    assert killed >= 3  # most runs must really have been killed mid-way
+
+
+def test_sigkill_during_upsert_then_rerun_gives_the_clean_rows(tiny_bert, tmp_path):
+    from embedrag.engine.store import open_table
+
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text("".join(json.dumps({"id": f"d{i}", "text": f"document {i} about {TOPICS[i % 16]}. " * 3})
+                            + "\n" for i in range(1200)))
+
+    def command(db: Path) -> list[str]:
+        return [sys.executable, "-m", "embedrag", "index", "-i", str(docs), "-m", str(tiny_bert), "--db", str(db),
+                "--table", "docs", "--mode", "upsert", "--no-fts", "--batch-size", "16"]
+
+    def rows(db: Path) -> set[tuple[str, str]]:
+        table = open_table(db, "docs").to_arrow().select(["chunk_id", "text"]).to_pydict()
+        return set(zip(table["chunk_id"], table["text"]))
+
+    subprocess.run(command(tmp_path / "clean"), env=ENV, check=True, capture_output=True, timeout=300)
+    expected = rows(tmp_path / "clean")
+    assert len(expected) >= 1200
+    rng = random.Random(99)
+    killed = 0
+    for run in range(3):
+        db = tmp_path / f"db{run}"
+        process = subprocess.Popen(command(db), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # Kill once the table exists and holds part of the rows, a random moment later.
+        killed += _kill_when(process, lambda d=db: (d / "docs.lance").exists(), rng.uniform(0.2, 1.5))
+        rerun = subprocess.run(command(db), env=ENV, capture_output=True, text=True, timeout=300)
+        assert rerun.returncode == 0, rerun.stdout[-1500:] + rerun.stderr[-1500:]
+        assert rows(db) == expected
+        assert open_table(db, "docs").count_rows() == len(expected)
+    assert killed >= 2
