@@ -131,12 +131,9 @@ class Corpus:
 
     @property
     def fingerprint(self) -> str:
-        import hashlib
+        from embedrag.engine.testsets import corpus_fingerprint
 
-        digest = hashlib.sha256()
-        for doc_id, text in zip(self.ids, self.texts):
-            digest.update(doc_id.encode("utf-8") + b"\x00" + text.encode("utf-8") + b"\x01")
-        return digest.hexdigest()
+        return corpus_fingerprint(zip(self.ids, self.texts))  # eval's key: the two share a cache
 
 
 @dataclass
@@ -304,14 +301,6 @@ def _candidate_rankings(query_vectors, corpus_vectors, queries: Sequence[str], c
     return _fuse([dense, bm25], depth)
 
 
-@dataclass
-class _LineVectors:
-    """Vectors of one line's positives and existing negatives."""
-
-    positives: np.ndarray
-    negatives: np.ndarray | None
-
-
 def mine_examples(
     examples: Sequence[Example],
     corpus: Corpus,
@@ -354,26 +343,21 @@ def mine_examples(
     considered = mined_total = 0
     lines = []
     for index, (example, ranking) in enumerate(zip(usable, rankings)):
-        line_vectors = _LineVectors(
-            positives=np.stack([vector(t) for t in example.pos]),
-            negatives=np.stack([vector(t) for t in example.neg]) if config.with_scores and example.neg else None)
+        positive_vectors = np.stack([vector(t) for t in example.pos])
         window = ranking[config.range_start:config.range_end]
         considered += len(window)
         chosen, dropped = select_negatives(example, window, corpus, corpus_vectors, query_vectors[index],
-                                           line_vectors.positives, config, index)
+                                           positive_vectors, config, index)
         removed.update(dropped)
         kept_negatives = () if config.replace else example.neg
         negatives = [*kept_negatives, *(corpus.texts[row] for row in chosen)]
         histogram[len(chosen)] += 1
         mined_total += len(chosen)
-        line: dict[str, Any] = {}
-        if example.id is not None:
-            line["id"] = example.id
-        line.update(query=example.query, pos=list(example.pos), neg=negatives)
+        line = _example_line(example, negatives)
         if config.with_scores:
             q = query_vectors[index]
-            line["pos_scores"] = [round(float(s), 6) for s in line_vectors.positives @ q]
-            old = [float(s) for s in line_vectors.negatives @ q] if kept_negatives else []
+            line["pos_scores"] = [round(float(s), 6) for s in positive_vectors @ q]
+            old = [float(vector(t) @ q) for t in kept_negatives]
             line["neg_scores"] = [round(s, 6) for s in old + [float(corpus_vectors[r] @ q) for r in chosen]]
         lines.append(line)
         if progress:
@@ -385,6 +369,14 @@ def mine_examples(
         seconds=round(time.perf_counter() - started, 3), encode_seconds=round(encode_seconds, 3),
         config=asdict(config))
     return lines, report
+
+
+def _example_line(example: Example, negatives: Sequence[str] | None = None) -> dict[str, Any]:
+    """A line of the JSONL contract (its own negatives unless others are given)."""
+    line: dict[str, Any] = {"id": example.id} if example.id is not None else {}
+    line.update(query=example.query, pos=list(example.pos),
+                neg=list(example.neg if negatives is None else negatives))
+    return line
 
 
 def select_negatives(example: Example, window: Sequence[int], corpus: Corpus, corpus_vectors,
@@ -512,10 +504,6 @@ class FailingReport:
         return asdict(self)
 
 
-def _example_line(example: Example) -> dict[str, Any]:
-    line: dict[str, Any] = {"id": example.id} if example.id is not None else {}
-    line.update(query=example.query, pos=list(example.pos), neg=list(example.neg))
-    return line
 
 
 def _testset_over_corpus(examples: Sequence[Example], corpus: Corpus):

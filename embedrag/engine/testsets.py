@@ -18,6 +18,14 @@ from pathlib import Path
 from embedrag.engine.errors import DataError
 
 
+def corpus_fingerprint(passages) -> str:
+    """A hash of (id, text) pairs in order: the key of cached corpus embeddings."""
+    digest = hashlib.sha256()
+    for doc_id, text in passages:
+        digest.update(doc_id.encode("utf-8") + b"\x00" + text.encode("utf-8") + b"\x01")
+    return digest.hexdigest()
+
+
 @dataclass
 class TestSet:
     """Everything an evaluation needs. ``candidates`` (query id -> doc ids) are the
@@ -35,10 +43,7 @@ class TestSet:
 
     @property
     def corpus_fingerprint(self) -> str:
-        digest = hashlib.sha256()
-        for doc_id, text in self.corpus.items():
-            digest.update(doc_id.encode("utf-8") + b"\x00" + text.encode("utf-8") + b"\x01")
-        return digest.hexdigest()
+        return corpus_fingerprint(self.corpus.items())
 
     @property
     def fingerprint(self) -> str:
