@@ -47,9 +47,8 @@ EXAMPLES = [
 ]
 
 
-@pytest.mark.parametrize("in_batch", [True, False])
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_infonce_equals_hand_computation(in_batch, seed):
+def _random_batch(seed):
+    """A sampled batch of EXAMPLES and random query/passage vectors for it."""
     batch = build_batch(EXAMPLES, neg_nums=2, rng=random.Random(seed))
     generator = torch.Generator().manual_seed(seed)
     q = torch.randn(len(batch.queries), 8, generator=generator, dtype=torch.float64)
@@ -58,6 +57,13 @@ def test_infonce_equals_hand_computation(in_batch, seed):
     first_index = {}
     for j, text in enumerate(batch.passages):
         p[j] = p[first_index.setdefault(text, j)]
+    return batch, q, p
+
+
+@pytest.mark.parametrize("in_batch", [True, False])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_infonce_equals_hand_computation(in_batch, seed):
+    batch, q, p = _random_batch(seed)
     loss_fn = InfoNCELoss(temperature=0.05, in_batch_negatives=in_batch)
     got = loss_fn(q, p, **batch.loss_inputs())
     expected = _hand_infonce(q.tolist(), p.tolist(), batch, 0.05, in_batch)
@@ -108,13 +114,7 @@ def _hand_margin_ranking(q_vecs, p_vecs, batch, margin, in_batch):
 def test_margin_ranking_equals_hand_computation(in_batch, seed):
     from embedrag.engine.loss import MarginRankingLoss
 
-    batch = build_batch(EXAMPLES, neg_nums=2, rng=random.Random(seed))
-    generator = torch.Generator().manual_seed(seed)
-    q = torch.randn(len(batch.queries), 8, generator=generator, dtype=torch.float64)
-    p = torch.randn(len(batch.passages), 8, generator=generator, dtype=torch.float64)
-    first_index = {}
-    for j, text in enumerate(batch.passages):
-        p[j] = p[first_index.setdefault(text, j)]
+    batch, q, p = _random_batch(seed)
     got = MarginRankingLoss(margin=0.3, in_batch_negatives=in_batch)(q, p, **batch.loss_inputs())
     expected = _hand_margin_ranking(q.tolist(), p.tolist(), batch, 0.3, in_batch)
     assert expected > 0
