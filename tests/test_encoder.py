@@ -120,3 +120,23 @@ def test_bundled_minilm_matches_sentence_transformers(minilm_path):
     ours = Encoder.load(minilm_path, device="cpu").encode(texts, batch_size=16)
     reference = _st_model(minilm_path).encode(texts, batch_size=16)
     assert np.abs(ours - reference).max() < 1e-5
+
+
+LONG_TEXTS = [
+    "a cat is a small animal. " * 2000,           # ordinary words
+    "學生們在圖書館讀書，準備明天的考試。" * 1000,  # no spaces, one token per character or byte
+    "x" * 50_000,                                  # one giant word: the cut would change it
+    "word " * 5 + " " * 40_000 + "tail " * 100,   # whitespace runs
+    ("Ünïcødé façade naïve " * 900) + "end",
+]
+
+
+@pytest.mark.parametrize("model_fixture", ["tiny_bert", "tiny_qwen2"])
+def test_long_texts_tokenize_as_if_whole(model_fixture, request):
+    """The character cut that keeps a 10 MB passage from costing a minute loses no token."""
+    encoder = Encoder.load(request.getfixturevalue(model_fixture), device="cpu")
+    for kind in ("query", "passage"):
+        ids = encoder.tokenize(LONG_TEXTS, kind)["input_ids"]
+        reference = encoder.tokenizer([encoder.instruction(kind) + t for t in LONG_TEXTS], truncation=True,
+                                      max_length=encoder.max_length(kind))["input_ids"]
+        assert ids == reference
