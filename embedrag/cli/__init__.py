@@ -19,7 +19,7 @@ from embedrag.cli import merge as _merge
 from embedrag.cli import mine as _mine
 from embedrag.cli import train as _train
 from embedrag.cli import validate as _validate
-from embedrag.cli._common import setup_logging, state
+from embedrag.cli._common import debug_from_environment, setup_logging, state
 
 app = typer.Typer(
     name="embedrag",
@@ -46,8 +46,7 @@ def _root(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                           help="Print the version and exit.")] = False,
 ) -> None:
-    if debug:
-        state.debug = True
+    state.debug = debug or debug_from_environment()
     setup_logging(verbose)
 
 

@@ -5,34 +5,50 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import sys
 from typing import NoReturn
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
-from embedrag.engine.errors import EmbedragError
+from embedrag.engine.errors import EmbedragError, machine_error_message, redact
 
 console = Console()
 err_console = Console(stderr=True)
 
 
+def debug_from_environment() -> bool:
+    return os.environ.get("EMBEDRAG_DEBUG", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
 class _State:
-    debug: bool = os.environ.get("EMBEDRAG_DEBUG", "").strip().lower() in {"1", "true", "yes", "on"}
+    debug: bool = debug_from_environment()
 
 
 state = _State()
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
-    """Print one error line on stderr and leave with ``code``."""
-    err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True, highlight=False)
+    """Print one error line on stderr (API keys redacted) and leave with ``code``."""
+    err_console.print(f"[bold red]error:[/] {escape(redact(message))}", soft_wrap=True, highlight=False)
+    raise typer.Exit(code)
+
+
+def _show_traceback(exc: BaseException, code: int) -> NoReturn:
+    """--debug: the full traceback, API keys redacted, then the same exit code."""
+    import traceback
+
+    sys.stderr.write(redact("".join(traceback.format_exception(exc))))
+    sys.stderr.flush()
     raise typer.Exit(code)
 
 
 def reports_errors(command):
-    """Turn domain errors into one line and an exit code; anything unexpected too,
-    unless ``--debug`` / ``EMBEDRAG_DEBUG=1`` asks for the traceback."""
+    """Turn domain errors into one line and an exit code; out-of-memory, GPU and file-system
+    failures into one line with a hint; anything unexpected too, unless ``--debug`` /
+    ``EMBEDRAG_DEBUG=1`` asks for the traceback."""
+    training = command.__name__ == "train"
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
@@ -42,22 +58,21 @@ def reports_errors(command):
             raise
         except EmbedragError as exc:
             if state.debug:
-                raise
+                _show_traceback(exc, exc.exit_code)
             fail(str(exc), exc.exit_code)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
             if state.debug:
-                raise
+                _show_traceback(exc, 130)
             fail("interrupted", 130)
-        except MemoryError:
-            if state.debug:
-                raise
-            fail("out of memory: lower --batch-size or the max lengths", 1)
         except Exception as exc:  # noqa: BLE001 - the last line of defence against tracebacks
             if state.debug:
-                raise
-            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            fail(f"unexpected {type(exc).__name__}: {detail} "
-                 "(run with --debug or EMBEDRAG_DEBUG=1 for the traceback)", 1)
+                _show_traceback(exc, 1)
+            message = machine_error_message(exc, training=training)
+            if message is None:
+                detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                message = (f"unexpected {type(exc).__name__}: {detail[:300]} "
+                           "(run with --debug or EMBEDRAG_DEBUG=1 for the traceback)")
+            fail(message, 1)
 
     return wrapper
 

@@ -66,16 +66,29 @@ def _history() -> None:
         import readline
     except ImportError:  # pragma: no cover - Windows
         return
-    path = Path(os.environ.get("EMBEDRAG_HISTORY", Path.home() / ".embedrag_history"))
-    try:
-        if not path.exists():
-            path.touch(mode=0o600)
-        readline.read_history_file(path)
-        import atexit
+    import atexit
 
-        atexit.register(readline.write_history_file, path)
+    path = Path(os.environ.get("EMBEDRAG_HISTORY", Path.home() / ".embedrag_history"))
+
+    def private() -> None:
+        # Questions can be private: the history is the user's alone, also when an older
+        # version or another tool created the file with wider permissions.
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o600))
+        os.chmod(path, 0o600)
+
+    def save() -> None:
+        try:
+            private()
+            readline.write_history_file(path)
+        except OSError:
+            pass
+
+    try:
+        private()
+        readline.read_history_file(path)
     except OSError:
-        pass
+        return
+    atexit.register(save)
 
 
 def _repl(rag, as_json: bool) -> None:

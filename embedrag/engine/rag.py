@@ -19,14 +19,13 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from embedrag.engine.errors import ConfigError, EmbedragError
+from embedrag.engine.errors import API_KEY_VARIABLES, ConfigError, EmbedragError, redact
 from embedrag.engine.store import Hit, Retriever
 
 SYSTEM_PROMPT = (
     "You answer questions using only the numbered passages provided. Cite the passages you "
     "use as [1], [2], ... If the passages do not contain the answer, say so."
 )
-API_KEY_VARIABLES = ("EMBEDRAG_LLM_API_KEY", "OPENAI_API_KEY")
 
 
 class LLMError(EmbedragError):
@@ -90,7 +89,7 @@ class OpenAIChatGenerator(Generator):
         self.max_tokens = max_tokens
 
     def __repr__(self) -> str:  # never show the key
-        return f"OpenAIChatGenerator(model={self.model!r}, base_url={self.base_url!r})"
+        return f"OpenAIChatGenerator(model={self.model!r}, base_url={_shown_url(self.base_url)!r})"
 
     def stream(self, messages: list[dict[str, str]]) -> Iterator[str]:
         body: dict[str, Any] = {"model": self.model, "messages": messages, "stream": True,
@@ -106,12 +105,19 @@ class OpenAIChatGenerator(Generator):
             response = urllib.request.urlopen(request, timeout=self.timeout)  # noqa: S310 - user-chosen URL
         except urllib.error.HTTPError as exc:
             detail = exc.read(300).decode("utf-8", "replace").strip().replace("\n", " ")
-            raise LLMError(f"LLM server {self.base_url} answered HTTP {exc.code}: {detail}") from None
+            raise LLMError(redact(f"LLM server {_shown_url(self.base_url)} answered HTTP {exc.code}: {detail}",
+                                  (self.api_key,))) from None
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
-            raise LLMError(f"cannot reach the LLM server at {self.base_url} ({reason})") from None
+            raise LLMError(redact(f"cannot reach the LLM server at {_shown_url(self.base_url)} ({reason})",
+                                  (self.api_key,))) from None
         with response:
-            yield from _server_sent_text(response, self.base_url)
+            yield from _server_sent_text(response, _shown_url(self.base_url))
+
+
+def _shown_url(url: str) -> str:
+    """``url`` without a ``user:password@`` part, for messages."""
+    return re.sub(r"//[^/@]*@", "//", url, count=1)
 
 
 def _server_sent_text(response, base_url: str) -> Iterator[str]:

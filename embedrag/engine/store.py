@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -141,6 +142,8 @@ def open_table(db: str | os.PathLike, table: str):
     lancedb = _lancedb()
     if not Path(db).exists():
         raise ConfigError(f"no LanceDB database at {db}")
+    if not os.access(db, os.R_OK | os.X_OK, effective_ids=os.access in os.supports_effective_ids):
+        raise ConfigError(f"cannot read the LanceDB database at {db} (permission denied)")
     connection = lancedb.connect(str(db))
     if table not in _table_names(connection):
         raise ConfigError(f"table {table!r} not found in {db} (tables: {', '.join(_table_names(connection)) or 'none'})")
@@ -209,19 +212,43 @@ def build_index(
     chunker = Chunker(encoder.tokenizer, chunk_size, min(chunk_overlap, chunk_size - 1))
     settings = IndexSettings.from_encoder(encoder, model_fingerprint(encoder), chunk_size, chunker.chunk_overlap)
     lancedb = _lancedb()
+    new_db = not Path(db).exists()
     Path(db).mkdir(parents=True, exist_ok=True)
     connection = lancedb.connect(str(db))
     exists = table in _table_names(connection)
     if mode == "create" and exists:
         raise ConfigError(f"table {table!r} already exists in {db}: use --mode append, upsert or overwrite")
-    if exists and mode in ("append", "upsert"):
+    previous_version = None
+    if exists:
         handle = connection.open_table(table)
-        recorded = table_settings(handle)
-        if not recorded.same_embedding(settings):
-            raise TableMismatchError(f"table {table!r} was embedded with {recorded.model}, not {settings.model}")
-    else:
-        handle = connection.create_table(table, schema=_schema(encoder.dimension, settings), mode="overwrite")
+        if mode in ("append", "upsert"):
+            recorded = table_settings(handle)
+            if not recorded.same_embedding(settings):
+                raise TableMismatchError(f"table {table!r} was embedded with {recorded.model}, "
+                                         f"not {settings.model}")
+        previous_version = handle.version
+    try:
+        if not exists or mode == "overwrite":
+            handle = connection.create_table(table, schema=_schema(encoder.dimension, settings), mode="overwrite")
+        return _fill_table(handle, documents, encoder, chunker, settings, db=db, table=table, mode=mode,
+                           batch_documents=batch_documents, encode_batch_size=encode_batch_size, ann=ann, fts=fts,
+                           num_processes=num_processes, progress=progress)
+    except BaseException:
+        # A failed create leaves no table; a failed append or overwrite the table as it was.
+        # upsert keeps what it wrote: re-running it converges on the full set anyway.
+        with contextlib.suppress(Exception):
+            if not exists:
+                connection.drop_table(table)
+                if new_db:
+                    shutil.rmtree(db, ignore_errors=True)
+            elif mode in ("append", "overwrite"):
+                connection.open_table(table).restore(previous_version)
+        raise
 
+
+def _fill_table(handle, documents: Iterable[Document], encoder: Encoder, chunker, settings: IndexSettings, *,
+                db, table: str, mode: str, batch_documents: int, encode_batch_size: int, ann: str, fts: bool,
+                num_processes: int, progress: Callable[[int, int], None] | None) -> IndexStats:
     started = time.perf_counter()
     count_documents = count_chunks = replaced = 0
     seen_ids: set[str] = set()
