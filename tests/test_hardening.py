@@ -397,3 +397,26 @@ def test_repl_history_is_private(open_folder, tmp_path):
     fresh = tmp_path / "fresh-history"
     _invoke(["ask", "--db", open_folder["db"]], input="/quit\n", env={"EMBEDRAG_HISTORY": str(fresh)})
     assert stat.S_IMODE(fresh.stat().st_mode) == 0o600
+
+
+# ---------------------------------------------------------------- index failing mid-way
+@pytest.mark.parametrize("mode", ["create", "append", "overwrite"])
+def test_an_index_run_that_fails_midway_leaves_the_table_as_it_was(mode, tiny_bert, tmp_path):
+    from embedrag import Encoder
+    from embedrag.engine.documents import Document
+    from embedrag.engine.errors import ConfigError
+    from embedrag.engine.store import build_index, open_table
+
+    encoder = Encoder.load(str(tiny_bert), device="cpu")
+    db = tmp_path / "db"
+    if mode != "create":
+        build_index([Document(id=f"old{i}", text=f"old document {i}") for i in range(3)], encoder, db=db, fts=False)
+    # Six new documents are written two at a time before the duplicate id stops the run.
+    incoming = [Document(id=f"new{i}", text=f"new document {i}") for i in range(6)] + [Document(id="new0", text="x")]
+    with pytest.raises(ConfigError, match="duplicate document id"):
+        build_index(incoming, encoder, db=db, mode=mode, batch_documents=2, fts=False)
+    if mode == "create":
+        assert not db.exists()
+    else:
+        rows = open_table(db, "docs").search().select(["doc_id"]).limit(None).to_list()
+        assert sorted(r["doc_id"] for r in rows) == ["old0", "old1", "old2"]
