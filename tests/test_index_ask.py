@@ -223,3 +223,35 @@ def test_ann_index_is_built_and_searched(bert_encoder, tmp_path):
     retriever = Retriever(db, "docs", model=str(bert_encoder.path))
     hits = retriever.search("river sentence 0 of doc 3", 5)
     assert len(hits) == 5 and hits[0].score >= hits[-1].score
+
+
+def test_hnsw_index_recalls_like_exact_and_appends_update_it(bert_encoder, tmp_path):
+    from embedrag.engine.store import vector_index_type
+
+    db = tmp_path / "db"
+    build_index(_docs(300), bert_encoder, db=db, chunk_size=200, fts=False, ann="none")
+    exact = Retriever(db, "docs", model=str(bert_encoder.path))
+    questions = [f"river sentence {i} of doc {j}" for i, j in [(0, 3), (1, 17), (2, 101), (0, 250)]]
+    expected = [[h.chunk_id for h in exact.search(q, 10)] for q in questions]
+
+    stats = build_index(_docs(300), bert_encoder, db=db, chunk_size=200, fts=False, mode="overwrite",
+                        ann="ivf_hnsw_sq")
+    assert stats.ann_index == "IVF_HNSW_SQ"
+    retriever = Retriever(db, "docs", model=str(bert_encoder.path))
+    assert retriever.index_type == vector_index_type(retriever.table) == "IvfHnswSq"
+    found = [retriever.search(q, 10) for q in questions]
+    recall = sum(len({h.chunk_id for h in f} & set(e)) for f, e in zip(found, expected)) / (10 * len(questions))
+    assert recall >= 0.9
+    import numpy as np
+
+    for question, hits in zip(questions, found):  # exact re-scoring: the score is the cosine itself
+        vectors = bert_encoder.encode([h.text for h in hits], "passage")
+        query = bert_encoder.encode([question], "query")[0]
+        assert np.allclose([h.score for h in hits], vectors @ query, atol=1e-4)
+
+    more = build_index(_docs(20, prefix="late"), bert_encoder, db=db, chunk_size=200, fts=False, mode="append",
+                       ann="ivf_hnsw_sq")
+    assert more.ann_index == "existing vector index, updated"
+    table = Retriever(db, "docs", model=str(bert_encoder.path)).table
+    name = next(c.name for c in table.list_indices() if "vector" in c.columns)
+    assert table.index_stats(name).num_unindexed_rows == 0

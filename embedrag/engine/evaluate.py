@@ -359,7 +359,7 @@ def evaluate_table(
         metrics=scores.mean, per_query=scores.per_query if per_query else None, corpus_cached=True,
         corpus_seconds=0.0, passages_per_second=None, query_seconds=round(seconds, 3), search_seconds=0.0,
         settings={"db": str(db), "table": table, "hybrid": hybrid,
-                  "ann_index": bool(retriever.table.list_indices())})
+                  "ann_index": retriever.index_type})
     described = test_set.describe()
     described["corpus"] = retriever.table.count_rows()
     described["corpus_kind"] = "table chunks"

@@ -32,6 +32,13 @@ ANN_KINDS = ("auto", "none", "ivf_pq", "ivf_hnsw_sq")
 # cores): p50 19 ms at 10k rows, 81 ms at 50k, 281 ms at 100k; IVF_HNSW_SQ answers in
 # 6-13 ms. From 50k rows exact search no longer stays under 100 ms, so "auto" indexes there.
 ANN_AUTO_THRESHOLD = 50_000
+# IVF_HNSW_SQ query settings (benchmarks/bench_index.py, 100k clustered 384-d rows, busy
+# 2-core CPU): refine_factor 10 gave recall@10 1.000 at p50 33-37 ms; ef 100 with exact
+# re-scoring of the k results (refine 1, so scores are exact cosines) stays near 0.99 at
+# about half that.
+ANN_EF = 100
+ANN_REFINE_FACTOR = 1
+PQ_REFINE_FACTOR = 10  # IVF_PQ's defaults alone recalled 0.41@10 here
 METADATA_KEY = b"embedrag"
 RRF_K = 60
 
@@ -287,7 +294,11 @@ def _fill_table(handle, documents: Iterable[Document], encoder: Encoder, chunker
         if batch:
             flush()
     rows = handle.count_rows()
-    ann_built = _maybe_ann(handle, ann, rows)
+    indexed = vector_index_type(handle) is not None
+    # One fragment per written batch slows flat search by 15-20% at 100k rows; compaction
+    # also adds appended rows to an existing ANN index, which then needs no rebuild.
+    handle.optimize()
+    ann_built = _maybe_ann(handle, ann, rows) if not (indexed and mode in ("append", "upsert")) else "existing vector index, updated"
     if fts and rows:
         _build_fts(handle)
     seconds = time.perf_counter() - started
@@ -336,12 +347,24 @@ def _hit(rank: int, row: dict, score: float) -> Hit:
 _COLUMNS = ["chunk_id", "doc_id", "chunk", "text", "title", "source", "metadata"]
 
 
-def vector_search(handle, vector, k: int, *, refine_factor: int | None = 10) -> list[Hit]:
-    """Nearest chunks by cosine similarity (score = 1 - cosine distance)."""
-    query = handle.search(vector.tolist() if hasattr(vector, "tolist") else vector).metric("cosine").limit(k)
-    if refine_factor and handle.list_indices():
-        # Quantised indexes return approximate distances: re-rank exactly.
-        query = query.refine_factor(refine_factor)
+def vector_index_type(handle) -> str | None:
+    """The table's ANN index on its vectors ("IvfHnswSq", "IvfPq", ...), None when it is
+    searched exactly (a full-text index does not count). Ask once per table, not per query."""
+    return next((config.index_type for config in handle.list_indices()
+                 if "vector" in getattr(config, "columns", ())), None)
+
+
+def vector_search(handle, vector, k: int, *, index_type: str | None = None) -> list[Hit]:
+    """Nearest chunks by cosine similarity (score = 1 - cosine distance). ``index_type``
+    (from :func:`vector_index_type`) picks the ANN query settings: HNSW search breadth, and
+    how many times k candidates to re-score with exact distances (quantised indexes return
+    approximate ones; PQ needs a wide re-scoring to recall well)."""
+    query = handle.search(vector.tolist() if hasattr(vector, "tolist") else vector)
+    query = query.distance_type("cosine").limit(k)
+    if index_type:
+        if "Hnsw" in index_type:
+            query = query.ef(ANN_EF)
+        query = query.refine_factor(ANN_REFINE_FACTOR if "Hnsw" in index_type else PQ_REFINE_FACTOR)
     rows = query.select([*_COLUMNS, "_distance"]).to_list()
     return [_hit(i + 1, row, 1.0 - float(row["_distance"])) for i, row in enumerate(rows)]
 
@@ -384,6 +407,7 @@ class Retriever:
 
         self.table = open_table(db, table)
         self.settings = table_settings(self.table)
+        self.index_type = vector_index_type(self.table)
         self.encoder = Encoder.load(model or self.settings.model, device=device)
         fingerprint = model_fingerprint(self.encoder)
         if fingerprint != self.settings.fingerprint:
@@ -394,7 +418,7 @@ class Retriever:
         if k <= 0:
             raise ConfigError(f"--top-k must be positive, got {k}")
         vector = self.encoder.encode([question], "query")[0]
-        dense = vector_search(self.table, vector, k if not hybrid else max(k, 20))
+        dense = vector_search(self.table, vector, k if not hybrid else max(k, 20), index_type=self.index_type)
         if not hybrid:
             return dense[:k]
         return reciprocal_rank_fusion([dense, text_search(self.table, question, max(k, 20))], k)
