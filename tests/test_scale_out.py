@@ -201,10 +201,13 @@ def test_num_processes_relaunches_through_accelerate(tiny_bert, data, tmp_path):
     assert result.stdout.count("training summary") == 1  # one process reports
     summary = json.loads((out / "training_summary_report.json").read_text())
     assert summary["start"]["processes"] == 2 and summary["global_step"] == 3
+    assert summary["start"]["start_step"] == 0
     assert (out / "final" / "adapter_model.safetensors").is_file()
     assert (out / "checkpoint-step-2" / "trainer_state.json").is_file()
     resumed = subprocess.run([*command[:-2], "--max-steps", "4", "--num-processes", "2",
                               "--resume-from-checkpoint", "latest"], env=env, capture_output=True, text=True,
                              timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert json.loads((out / "training_summary_report.json").read_text())["global_step"] == 4
+    summary = json.loads((out / "training_summary_report.json").read_text())
+    assert summary["global_step"] == 4 and summary["start"]["start_step"] == 3
+    assert summary["start"]["learning_rate"] == 1e-4  # lora's default, recorded as used

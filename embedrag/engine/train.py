@@ -485,7 +485,8 @@ class _Trainer:
         if self.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             self.writer = self._tensorboard()
-            self.callback.on_start(self.start_info())
+            self.started = self.start_info()
+            self.callback.on_start(self.started)
         if self.eval_examples and self.config.eval_on_start and self.global_step == 0:
             self.base_metrics = self.evaluate()
             if self.is_main:
@@ -807,6 +808,7 @@ class _Trainer:
             "eval_examples": len(self.eval_examples),
             "steps_per_epoch": self.updates_per_epoch, "total_steps": self.total_updates,
             "epochs": self.num_epochs, "start_step": self.global_step,
+            "learning_rate": self.config.learning_rate, "temperature": self.config.temperature,
             "trainable_parameters": trainable, "total_parameters": total,
             "device": str(self.accelerator.device), "processes": self.accelerator.num_processes,
         }
@@ -831,7 +833,7 @@ class _Trainer:
             device_type = self.device_type
             summary = {
                 "config": self.config.to_dict(),
-                "start": self.start_info(),
+                "start": self.started,
                 "global_step": self.global_step,
                 "epochs_completed": self.epoch,
                 "wall_time_seconds": round(seconds, 3),
