@@ -54,25 +54,27 @@ def _checkpoints(out: Path) -> int:
 
 
 def test_sigkill_during_training_then_resume_reaches_the_same_weights(tiny_bert, data, tmp_path):
+    """Five kills in one run's life, each resumed with ``latest`` (so resumes of resumes are
+    covered too): after 1..5 complete checkpoints and a random 0-0.3 s later, i.e. mid-step
+    or mid-checkpoint-write. The last resume must end at the clean run's weights."""
     clean = tmp_path / "clean"
     subprocess.run(_train_command(tiny_bert, data, clean), env=ENV, check=True, capture_output=True, timeout=300)
     reference = load_file(clean / "final" / "adapter_model.safetensors")
     rng = random.Random(1234)
+    out = tmp_path / "killed"
     killed = 0
-    for run in range(5):
-        out = tmp_path / f"run{run}"
-        # Kill after 1..5 complete checkpoints, a random moment later: mid-step or mid-write.
-        after = run + 1
-        process = subprocess.Popen(_train_command(tiny_bert, data, out), env=ENV, stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.DEVNULL)
-        killed += _kill_when(process, lambda o=out, n=after: _checkpoints(o) >= n, rng.uniform(0.0, 0.3))
-        resumed = subprocess.run(_train_command(tiny_bert, data, out, "--resume-from-checkpoint", "latest"),
-                                 env=ENV, capture_output=True, text=True, timeout=300)
-        assert resumed.returncode == 0, resumed.stdout[-1500:] + resumed.stderr[-1500:]
-        weights = load_file(out / "final" / "adapter_model.safetensors")
-        assert max(float((weights[k] - reference[k]).abs().max()) for k in reference) < 1e-6
-        assert not list(out.glob(".*tmp*")), "a half-written folder was left behind"
-    assert killed >= 3  # most runs must really have been killed mid-way
+    for kill in range(5):
+        extra = ("--resume-from-checkpoint", "latest") if kill else ()
+        process = subprocess.Popen(_train_command(tiny_bert, data, out, *extra), env=ENV,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        killed += _kill_when(process, lambda n=kill + 1: _checkpoints(out) >= n, rng.uniform(0.0, 0.3))
+    resumed = subprocess.run(_train_command(tiny_bert, data, out, "--resume-from-checkpoint", "latest"),
+                             env=ENV, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout[-1500:] + resumed.stderr[-1500:]
+    weights = load_file(out / "final" / "adapter_model.safetensors")
+    assert max(float((weights[k] - reference[k]).abs().max()) for k in reference) < 1e-6
+    assert not list(out.glob(".*tmp*")), "a half-written folder was left behind"
+    assert killed >= 4  # the kills must really have landed mid-way
 
 
 def test_sigkill_during_upsert_then_rerun_gives_the_clean_rows(tiny_bert, tmp_path):
