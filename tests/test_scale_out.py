@@ -209,5 +209,5 @@ def test_num_processes_relaunches_through_accelerate(tiny_bert, data, tmp_path):
                              timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     summary = json.loads((out / "training_summary_report.json").read_text())
-    assert summary["global_step"] == 4 and summary["start"]["start_step"] == 3
+    assert summary["global_step"] == 4 and summary["start"]["start_step"] == 2  # latest = checkpoint-step-2
     assert summary["start"]["learning_rate"] == 1e-4  # lora's default, recorded as used
