@@ -7,8 +7,8 @@ with ``store._schema`` (embedrag's columns and schema metadata), rows are made b
 ``build_index``'s default ``batch_documents`` (256; one chunk per synthetic document), the
 ANN index is built by ``store._maybe_ann(handle, "auto", rows)`` (IVF_HNSW_SQ, cosine, from
 ``ANN_AUTO_THRESHOLD`` rows) and every query goes through ``store.vector_search`` with its
-defaults (HNSW ``ef`` ``ANN_EF``, ``refine_factor`` ``ANN_REFINE_FACTOR``: the k results
-re-scored exactly), i.e. what ``embedrag search`` runs after encoding the question. Encoding and the full-text index are left out (they are not storage costs).
+defaults (HNSW ``ef`` ``ANN_EF`` or LanceDB's, ``refine_factor`` ``ANN_REFINE_FACTOR``:
+that many times k candidates re-scored exactly), i.e. what ``embedrag search`` runs after encoding the question. Encoding and the full-text index are left out (they are not storage costs).
 
 Exact search is the same ``vector_search`` call on the table before the ANN index exists
 (LanceDB then scans every row, flat, cosine); it is cross-checked against numpy. Recall@10 =
@@ -252,7 +252,7 @@ def main() -> None:
                              exact_queries=len(times))
 
     ann_p50 = percentile(ann_times, 50)
-    default_refine = f"ef {store.ANN_EF}, refine {store.ANN_REFINE_FACTOR}"
+    default_refine = f"ef {store.ANN_EF or 'default'}, refine {store.ANN_REFINE_FACTOR}"
     figures = {
         "rows": args.rows, "dim": args.dim, "queries": args.queries, "batch_rows": args.batch,
         "fragments_after_ingest": fragments, "bytes_on_disk": bytes_on_disk,

@@ -32,12 +32,13 @@ ANN_KINDS = ("auto", "none", "ivf_pq", "ivf_hnsw_sq")
 # cores): p50 19 ms at 10k rows, 81 ms at 50k, 281 ms at 100k; IVF_HNSW_SQ answers in
 # 6-13 ms. From 50k rows exact search no longer stays under 100 ms, so "auto" indexes there.
 ANN_AUTO_THRESHOLD = 50_000
-# IVF_HNSW_SQ query settings (benchmarks/bench_index.py, 100k clustered 384-d rows, busy
-# 2-core CPU): refine_factor 10 gave recall@10 1.000 at p50 33-37 ms; ef 100 with exact
-# re-scoring of the k results (refine 1, so scores are exact cosines) stays near 0.99 at
-# about half that.
-ANN_EF = 100
-ANN_REFINE_FACTOR = 1
+# IVF_HNSW_SQ query settings (benchmarks/bench_index.py, 100k clustered 384-d rows, 2
+# cores; same-run sweeps, quiet / busy): LanceDB's defaults alone recall 0.944@10;
+# re-scoring 2k candidates exactly gives 0.996 at p50 6.2 / 17-18 ms, against 1.000 at
+# 7.3 / 33-37 ms for 10k and 0.988 at 7.6 / 14 ms for ef 100 without re-scoring.
+# Re-scoring also makes the returned scores exact cosines.
+ANN_EF: int | None = None  # LanceDB's own
+ANN_REFINE_FACTOR = 2
 PQ_REFINE_FACTOR = 10  # IVF_PQ's defaults alone recalled 0.41@10 here
 METADATA_KEY = b"embedrag"
 RRF_K = 60
@@ -362,7 +363,7 @@ def vector_search(handle, vector, k: int, *, index_type: str | None = None) -> l
     query = handle.search(vector.tolist() if hasattr(vector, "tolist") else vector)
     query = query.distance_type("cosine").limit(k)
     if index_type:
-        if "Hnsw" in index_type:
+        if "Hnsw" in index_type and ANN_EF:
             query = query.ef(ANN_EF)
         query = query.refine_factor(ANN_REFINE_FACTOR if "Hnsw" in index_type else PQ_REFINE_FACTOR)
     rows = query.select([*_COLUMNS, "_distance"]).to_list()
