@@ -59,6 +59,20 @@ def test_bf16_autocast_is_close_to_fp32(tiny_bert):
     assert cosines.min() > 0.99
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_is_bf16_only_where_native(tiny_bert, monkeypatch, native):
+    from embedrag.engine import encoder as encoder_module
+
+    monkeypatch.setattr(encoder_module, "native_bf16", lambda device="cpu": native)
+    assert encoder_module.resolve_precision("auto", "cpu") == ("bf16" if native else "fp32")
+    assert encoder_module.resolve_precision("fp32", "cpu") == "fp32"
+    encoder = Encoder.load(tiny_bert, device="cpu")
+    expected = encoder.encode(MIXED_TEXTS, precision="bf16" if native else "fp32")
+    np.testing.assert_array_equal(encoder.encode(MIXED_TEXTS, precision="auto"), expected)
+    with pytest.raises(ConfigError, match="precision must be one of auto, fp32, bf16, fp16"):
+        encoder.encode(MIXED_TEXTS, precision="int8")
+
+
 def test_instructions_prefix_queries_and_passages(tiny_bert):
     plain = Encoder.load(tiny_bert, device="cpu")
     instructed = Encoder.load(tiny_bert, query_instruction="query: ",

@@ -114,6 +114,22 @@ def test_two_models_cache_and_report(tiny_bert, tiny_qwen2, jsonl_set, tmp_path)
     assert 0 <= per_query.models[0].metrics["hit@1"] <= 1
 
 
+def test_precision_is_recorded_and_never_shares_a_cache(tiny_bert, jsonl_set, tmp_path):
+    test_set = load_jsonl_testset(jsonl_set)
+    cache = tmp_path / "cache"
+    fp32 = evaluate(test_set, [str(tiny_bert)], ks=(10,), cache_dir=cache, precision="fp32").models[0]
+    bf16 = evaluate(test_set, [str(tiny_bert)], ks=(10,), cache_dir=cache, precision="bf16").models[0]
+    again = evaluate(test_set, [str(tiny_bert)], ks=(10,), cache_dir=cache, precision="bf16").models[0]
+    assert (fp32.corpus_cached, bf16.corpus_cached, again.corpus_cached) == (False, False, True)
+    assert (fp32.settings["precision"], bf16.settings["precision"]) == ("fp32", "bf16")
+    assert bf16.metrics == again.metrics
+    assert abs(bf16.metrics["ndcg@10"] - fp32.metrics["ndcg@10"]) < 0.1  # same model, rounding only
+    result = runner.invoke(app, ["eval", "--test-dataset", str(jsonl_set), "--model", str(tiny_bert),
+                                 "--precision", "int8", "--no-cache"])
+    assert result.exit_code != 0 and "precision must be one of" in result.output
+    assert "Traceback" not in result.output
+
+
 def test_cli_side_by_side_with_json_and_png(tiny_bert, tiny_qwen2, jsonl_set, tmp_path):
     pytest.importorskip("matplotlib")
     result = runner.invoke(app, ["eval", "--test-dataset", str(jsonl_set), "--model", f"base={tiny_bert}",

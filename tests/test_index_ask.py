@@ -92,6 +92,30 @@ def test_another_model_is_refused(bert_encoder, tiny_qwen2, tmp_path):
     assert result.exit_code == 2 and len(lines) == 1 and "was embedded with" in lines[0]
 
 
+def test_a_table_records_its_precision_and_opens_with_unknown_keys(bert_encoder, tmp_path):
+    import numpy as np
+    import pyarrow as pa
+
+    from embedrag.engine.store import METADATA_KEY, table_settings
+
+    docs = _docs(3)
+    db = tmp_path / "db"
+    build_index(docs, bert_encoder, db=db, fts=False, chunk_size=500, precision="bf16")
+    handle = open_table(db, "docs")
+    assert table_settings(handle).precision == "bf16"
+    rows = sorted(handle.search().limit(None).to_list(), key=lambda row: row["doc_id"])
+    expected = bert_encoder.encode([r["text"] for r in rows], "passage", precision="bf16")
+    np.testing.assert_allclose(np.array([r["vector"] for r in rows]), expected, atol=1e-6)
+    # A table from a newer embedrag may record keys this one does not know.
+    metadata = json.loads(handle.schema.metadata[METADATA_KEY])
+    schema = pa.schema(handle.schema, metadata={METADATA_KEY: json.dumps({**metadata, "new_key": 1}).encode()})
+    newer = tmp_path / "newer"
+    import lancedb
+
+    lancedb.connect(str(newer)).create_table("docs", handle.to_arrow().cast(schema), schema=schema)
+    assert table_settings(open_table(newer, "docs")).precision == "bf16"
+
+
 def test_hybrid_finds_an_exact_keyword_that_vectors_miss(bert_encoder, tmp_path):
     db = tmp_path / "db"
     filler = " ".join(f"{WORDS[j % 12]} words about {WORDS[(j + 5) % 12]} things." for j in range(10))

@@ -54,10 +54,12 @@ def run_demo(
     model: str = DEMO_MODEL,
     epochs: int = 1,
     question: str = DEMO_QUESTION,
+    precision: str = "auto",
     on_stage: Stage | None = None,
     train_callback: Any = None,
 ) -> DemoResult:
-    """Run the loop in ``workdir`` (replacing an earlier demo there)."""
+    """Run the loop in ``workdir`` (replacing an earlier demo there); passages are
+    encoded in ``precision`` (auto: bf16 where the hardware has it natively)."""
     from embedrag.engine.evaluate import evaluate
     from embedrag.engine.merge import merge
     from embedrag.engine.rag import RAG
@@ -89,7 +91,8 @@ def run_demo(
     cache = work / "embedding-cache"
     before = timed("evaluate base", f"{model} on {test_set.describe()['queries']} test queries, "
                    f"{len(test_set.corpus)} passages",
-                   lambda: evaluate(test_set, [f"base={model}"], cache_dir=cache).models[0].metrics)
+                   lambda: evaluate(test_set, [f"base={model}"], cache_dir=cache,
+                                    precision=precision).models[0].metrics)
     run = work / f"run-{finetune_type}"
     config = TrainConfig(train_datasets=[str(folder / "train.jsonl")], output_dir=str(run), model=model,
                          finetune_type=finetune_type, eval_dataset=str(folder / "test.jsonl"), epochs=epochs,
@@ -108,9 +111,11 @@ def run_demo(
         model_dir = merged
     db = work / "lancedb"
     timed("index", f"{folder / 'corpus.jsonl'} -> {db}::scifact",
-          lambda: index([folder / "corpus.jsonl"], str(model_dir), db=db, table="scifact", mode="overwrite"))
+          lambda: index([folder / "corpus.jsonl"], str(model_dir), db=db, table="scifact", mode="overwrite",
+                        precision=precision))
     after = timed("evaluate tuned", f"{model_dir}",
-                  lambda: evaluate(test_set, [f"tuned={model_dir}"], cache_dir=cache).models[0].metrics)
+                  lambda: evaluate(test_set, [f"tuned={model_dir}"], cache_dir=cache,
+                                   precision=precision).models[0].metrics)
     answer = timed("ask", question, lambda: RAG(Retriever(db, "scifact"), top_k=3).ask(question))
     paths = {"training run": str(run), "final model": str(final), "merged model": str(model_dir),
              "LanceDB": f"{db} (table scifact)", "training report": str(run / "training_summary_report.json")}

@@ -32,6 +32,8 @@ logger = logging.getLogger(__name__)
 EMBEDRAG_CONFIG = "embedrag.json"
 FORMAT_VERSION = 1
 PRECISIONS = ("fp32", "bf16", "fp16")
+# "auto": bf16 where the hardware computes it natively, else fp32 (see resolve_precision).
+PRECISION_CHOICES = ("auto", *PRECISIONS)
 
 # Causal-LM families whose AutoModel is a decoder: last-token pooling by default.
 _DECODER_TYPES = {
@@ -305,8 +307,7 @@ class Encoder:
 
         if batch_size <= 0:
             raise ConfigError(f"batch size must be positive, got {batch_size}")
-        if precision not in PRECISIONS:
-            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        precision = resolve_precision(precision, self.device)
         if isinstance(texts, str):
             texts = [texts]
         texts = list(texts)
@@ -419,6 +420,33 @@ def quiet_transformers():
         hf_logging.set_verbosity(previous)
         if bar_was_on:
             hf_logging.enable_progress_bar()
+
+
+def resolve_precision(precision: str, device: Any = "cpu") -> str:
+    """The precision to encode in: ``auto`` is bf16 where ``device`` computes it natively
+    (a CUDA GPU with bf16; a CPU with AVX512-BF16 or AMX), else fp32.
+
+    Measured on SciFact (benchmarks/RESULTS.md): bf16 autocast encodes all-MiniLM-L6-v2
+    1.7x faster than fp32 on an AVX512-BF16 CPU, min cosine to fp32 0.99997, nDCG@10
+    within 0.002; on a CPU without native bf16 it is 6x slower, hence fp32 there."""
+    if precision not in PRECISION_CHOICES:
+        raise ConfigError(f"precision must be one of {', '.join(PRECISION_CHOICES)}, got {precision!r}")
+    if precision != "auto":
+        return precision
+    return "bf16" if native_bf16(device) else "fp32"
+
+
+@functools.cache
+def native_bf16(device: Any = "cpu") -> bool:
+    """Whether ``device`` runs bf16 matmuls natively (not through a slow generic path)."""
+    import torch
+
+    kind = torch.device(device).type
+    if kind == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if kind == "cpu":
+        return bool(getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)())
+    return False
 
 
 @functools.cache

@@ -200,25 +200,34 @@ def _rank(test_set: TestSet, query_vectors, corpus_vectors, doc_ids: list[str], 
 def evaluate_model(encoder: Encoder, test_set: TestSet, *, name: str, ks: Sequence[int],
                    batch_size: int = 64, cache: EmbeddingCache | None = None,
                    candidates: str = "all", per_query: bool = False,
-                   progress: Progress | None = None, num_processes: int = 1) -> ModelResult:
-    """Score one loaded model on a test set."""
+                   progress: Progress | None = None, num_processes: int = 1,
+                   precision: str = "fp32") -> ModelResult:
+    """Score one loaded model on a test set, encoding in ``precision`` (``auto``: bf16
+    where the hardware has it natively, see ``resolve_precision``)."""
+    from embedrag.engine.encoder import resolve_precision
+
     cache = cache or EmbeddingCache(None)
     doc_ids = list(test_set.corpus)
+    precision = resolve_precision(precision, encoder.device)
     model_fp = model_fingerprint(encoder)
+    # Cached vectors are only reused at the precision they were made in (fp32 keeps the
+    # key it always had, so existing caches stay valid).
+    cache_fp = model_fp if precision == "fp32" else hashlib.sha256(f"{model_fp}:{precision}".encode()).hexdigest()
     corpus_fp = test_set.corpus_fingerprint
     started = time.perf_counter()
-    corpus_vectors = cache.load(model_fp, corpus_fp, len(doc_ids))
+    corpus_vectors = cache.load(cache_fp, corpus_fp, len(doc_ids))
     cached = corpus_vectors is not None
     if corpus_vectors is None:
         corpus_vectors = encoder.encode(
             [test_set.corpus[d] for d in doc_ids], "passage", batch_size=batch_size, num_processes=num_processes,
+            precision=precision,
             progress=(lambda done, total: progress(f"{name}: corpus", done, total)) if progress else None)
-        cache.store(model_fp, corpus_fp, corpus_vectors)
+        cache.store(cache_fp, corpus_fp, corpus_vectors)
     corpus_seconds = time.perf_counter() - started
     started = time.perf_counter()
     query_ids = list(test_set.qrels)
     query_vectors = encoder.encode(
-        [test_set.queries[q] for q in query_ids], "query", batch_size=batch_size,
+        [test_set.queries[q] for q in query_ids], "query", batch_size=batch_size, precision=precision,
         progress=(lambda done, total: progress(f"{name}: queries", done, total)) if progress else None)
     query_seconds = time.perf_counter() - started
     started = time.perf_counter()
@@ -236,7 +245,7 @@ def evaluate_model(encoder: Encoder, test_set: TestSet, *, name: str, ks: Sequen
                   "query_instruction": config.query_instruction,
                   "passage_instruction": config.passage_instruction,
                   "query_max_length": config.query_max_length,
-                  "passage_max_length": config.passage_max_length})
+                  "passage_max_length": config.passage_max_length, "precision": precision})
 
 
 def evaluate(
@@ -253,9 +262,11 @@ def evaluate(
     device: str | None = None,
     progress: Progress | None = None,
     num_processes: int = 1,
+    precision: str = "fp32",
 ) -> EvaluationReport:
     """Evaluate each model on ``test_set``; the first model is the baseline. ``num_processes``
-    > 1 embeds each corpus in that many worker processes (one per GPU, or CPU processes)."""
+    > 1 embeds each corpus in that many worker processes (one per GPU, or CPU processes);
+    every model is encoded in ``precision`` (fp32, bf16, fp16 or auto)."""
     from embedrag.engine.encoder import Encoder
 
     ks = check_ks(ks)
@@ -280,7 +291,7 @@ def evaluate(
         encoder = Encoder.load(spec.path, device=device, **lengths)
         results.append(evaluate_model(encoder, test_set, name=spec.name, ks=ks, batch_size=batch_size,
                                       cache=cache, candidates=candidates, per_query=per_query,
-                                      progress=progress, num_processes=num_processes))
+                                      progress=progress, num_processes=num_processes, precision=precision))
         del encoder
     return EvaluationReport(test_set=test_set.describe(), ks=ks, candidates=candidates, models=results,
                             seconds=time.perf_counter() - started)

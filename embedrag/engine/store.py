@@ -14,7 +14,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -64,9 +64,11 @@ class IndexSettings:
     chunk_size: int
     chunk_overlap: int
     embedrag_version: str = ""
+    precision: str = "fp32"  # of the passage vectors; queries are encoded in fp32
 
     @classmethod
-    def from_encoder(cls, encoder: Encoder, fingerprint: str, chunk_size: int, chunk_overlap: int) -> IndexSettings:
+    def from_encoder(cls, encoder: Encoder, fingerprint: str, chunk_size: int, chunk_overlap: int,
+                     precision: str = "fp32") -> IndexSettings:
         from embedrag import __version__
 
         c = encoder.config
@@ -74,7 +76,7 @@ class IndexSettings:
                    query_instruction=c.query_instruction, passage_instruction=c.passage_instruction,
                    query_max_length=c.query_max_length, passage_max_length=c.passage_max_length,
                    dimension=encoder.dimension, chunk_size=chunk_size, chunk_overlap=chunk_overlap,
-                   embedrag_version=__version__)
+                   embedrag_version=__version__, precision=precision)
 
     def same_embedding(self, other: IndexSettings) -> bool:
         keys = ("fingerprint", "pooling", "normalize", "query_instruction", "passage_instruction", "dimension")
@@ -143,7 +145,9 @@ def table_settings(table) -> IndexSettings:
     raw = (table.schema.metadata or {}).get(METADATA_KEY)
     if raw is None:
         raise TableMismatchError("table was not built by embedrag (no embedding metadata)")
-    return IndexSettings(**json.loads(raw))
+    known = {f.name for f in fields(IndexSettings)}
+    # Keys a newer embedrag may add are ignored, so its tables still open here.
+    return IndexSettings(**{k: v for k, v in json.loads(raw).items() if k in known})
 
 
 def open_table(db: str | os.PathLike, table: str):
@@ -202,14 +206,17 @@ def build_index(
     ann: str = "auto",
     fts: bool = True,
     num_processes: int = 1,
+    precision: str = "fp32",
     progress: Callable[[int, int], None] | None = None,
 ) -> IndexStats:
-    """Chunk, embed and write ``documents`` into ``db``/``table``.
+    """Chunk, embed (in ``precision``: fp32, bf16, fp16 or auto) and write ``documents``
+    into ``db``/``table``.
 
     ``upsert`` deletes every chunk of each incoming document id before adding the new
     ones, batch by batch, so a re-run (even after an interruption) ends with exactly one
     copy of each document."""
     from embedrag.engine.documents import Chunker
+    from embedrag.engine.encoder import resolve_precision
     from embedrag.engine.evaluate import model_fingerprint
 
     if mode not in MODES:
@@ -218,7 +225,9 @@ def build_index(
         raise ConfigError(f"--ann must be one of {', '.join(ANN_KINDS)}, got {ann!r}")
     chunk_size = chunk_size or max(16, encoder.config.passage_max_length - 2)
     chunker = Chunker(encoder.tokenizer, chunk_size, min(chunk_overlap, chunk_size - 1))
-    settings = IndexSettings.from_encoder(encoder, model_fingerprint(encoder), chunk_size, chunker.chunk_overlap)
+    precision = resolve_precision(precision, encoder.device)
+    settings = IndexSettings.from_encoder(encoder, model_fingerprint(encoder), chunk_size, chunker.chunk_overlap,
+                                          precision)
     lancedb = _lancedb()
     new_db = not Path(db).exists()
     Path(db).mkdir(parents=True, exist_ok=True)
@@ -266,8 +275,8 @@ def _fill_table(handle, documents: Iterable[Document], encoder: Encoder, chunker
         nonlocal count_chunks, replaced
         pieces = [chunker.split(d.text) or [d.text.strip() or d.title or d.id] for d in batch]
         texts = [p for chunks in pieces for p in chunks]
-        vectors = (pool.encode(texts, "passage", batch_size=encode_batch_size) if pool is not None
-                   else encoder.encode(texts, "passage", batch_size=encode_batch_size))
+        vectors = (pool if pool is not None else encoder).encode(texts, "passage", batch_size=encode_batch_size,
+                                                                 precision=settings.precision)
         if mode == "upsert":
             where = f"doc_id IN ({_quote(d.id for d in batch)})"
             existing = handle.search().where(where).select(["doc_id"]).limit(None).to_list()
