@@ -80,6 +80,14 @@ class StepFailed(RuntimeError):
     pass
 
 
+
+def _hf_datasets_installed() -> bool:
+    """Hugging Face ``datasets`` (sentence-transformers' trainer needs it), not a folder
+    named ``datasets`` on sys.path (this repository has one), which imports as an empty
+    namespace package."""
+    spec = importlib.util.find_spec("datasets")
+    return spec is not None and spec.origin is not None
+
 def _env() -> dict[str, str]:
     return {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "COLUMNS": "200"}
 
@@ -205,7 +213,7 @@ def st_child(spec: dict) -> None:
     warmup = int(round(spec["warmup_proportion"] * total))
     mode = spec["mode"]
     if mode == "auto":
-        mode = "trainer" if importlib.util.find_spec("datasets") else "loop"
+        mode = "trainer" if _hf_datasets_installed() else "loop"
     losses: list[float] = []
     started = time.perf_counter()
     if mode == "trainer":

@@ -51,6 +51,14 @@ SPEED_GOAL = 1.2  # embedrag >= 1.2 x sentence-transformers pairs/s
 
 
 # ---------------------------------------------------------------------- child processes
+
+def _hf_datasets_installed() -> bool:
+    """Hugging Face ``datasets`` (sentence-transformers' trainer needs it), not a folder
+    named ``datasets`` on sys.path (this repository has one), which imports as an empty
+    namespace package."""
+    spec = importlib.util.find_spec("datasets")
+    return spec is not None and spec.origin is not None
+
 def _vm_hwm() -> int | None:
     try:
         with open("/proc/self/status", encoding="ascii") as handle:
@@ -156,7 +164,7 @@ def child_st(spec: dict, out: Path) -> dict:
     losses: list[float] = []
     mode = spec["st_mode"]
     if mode == "auto":
-        mode = "trainer" if importlib.util.find_spec("datasets") else "loop"
+        mode = "trainer" if _hf_datasets_installed() else "loop"
     if mode == "trainer":
         from sentence_transformers import (
             SentenceTransformerTrainer,
