@@ -33,7 +33,7 @@ Shared by every trained row: ``--epochs``, ``--batch-size``, ``--warmup-proporti
 for embedrag (``--query-max-len``/``--passage-max-len``).
 
 Every model, sentence-transformers' included, is scored by its own ``embedrag eval
---beir ... --split test --no-cache`` process (identical metric code; no embedding cache,
+--beir ... --split test --no-cache --precision fp32`` process (identical metric code; no embedding cache,
 so every eval time includes embedding the corpus) with the lengths saved in the model
 (64/256 for embedrag fine-tunes, 256/256 for the base and sentence-transformers models).
 Train time is the wall time of the training process (start-up, model loading and saving
@@ -371,7 +371,7 @@ def eval_row(row: dict, model: str, args, work: Path, beir: Path) -> tuple[dict,
     else:
         report.unlink(missing_ok=True)
         seconds = embedrag(["eval", "--beir", str(beir), "--split", args.split, "--model", f"{row['name']}={model}",
-                            "--no-cache", "--output", str(report)], folder / "eval.log")
+                            "--no-cache", "--precision", "fp32", "--output", str(report)], folder / "eval.log")
         timing_file.write_text(json.dumps({"eval": seconds}) + "\n")
     return json.loads(report.read_text())["models"][0], seconds
 
