@@ -28,12 +28,13 @@ class RankedEncoder:
 
     name = "ranked"
     path = None
+    device = "cpu"
 
     def __init__(self, scores: dict[str, float]):
         self.config = EmbeddingConfig()
         self.scores = scores
 
-    def encode(self, texts, kind="passage", batch_size=64, progress=None, num_processes=1):
+    def encode(self, texts, kind="passage", batch_size=64, progress=None, num_processes=1, precision="fp32"):
         rows = []
         for text in texts:
             if kind == "query":
