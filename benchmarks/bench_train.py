@@ -42,40 +42,21 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from _machine import cpu_name, hf_datasets_installed, versions
+
 HERE = Path(__file__).resolve().parent
 SCIFACT_TRAIN = HERE.parent.parent / "shared" / "datasets" / "scifact" / "train.jsonl"
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 PARTS = ("throughput", "memory")
+VERSIONED = ("embedrag", "torch", "transformers", "sentence-transformers", "accelerate", "peft",
+             "bitsandbytes", "datasets")
 RSS_GOAL = 0.6  # qlora-4bit peak <= 0.6 x lora peak
 SPEED_GOAL = 1.2  # embedrag >= 1.2 x sentence-transformers pairs/s
 
 
 # ---------------------------------------------------------------------- child processes
 
-def _hf_datasets_installed() -> bool:
-    """Hugging Face ``datasets`` (sentence-transformers' trainer needs it), not a folder
-    named ``datasets`` on sys.path (this repository has one), which imports as an empty
-    namespace package."""
-    spec = importlib.util.find_spec("datasets")
-    return spec is not None and spec.origin is not None
 
-def _vm_hwm() -> int | None:
-    try:
-        with open("/proc/self/status", encoding="ascii") as handle:
-            for line in handle:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def _reset_vm_hwm() -> None:
-    try:
-        with open("/proc/self/clear_refs", "w", encoding="ascii") as handle:
-            handle.write("5")
-    except OSError:
-        pass
 
 
 def _max_rss() -> int:
@@ -148,6 +129,10 @@ def child_st(spec: dict, out: Path) -> dict:
     from sentence_transformers import SentenceTransformer
 
     from embedrag.engine.models import resolve_model
+    from embedrag.engine.train import (  # measured as embedrag's own
+        _peak_memory_bytes,
+        _reset_peak_memory,
+    )
 
     try:
         from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
@@ -164,7 +149,7 @@ def child_st(spec: dict, out: Path) -> dict:
     losses: list[float] = []
     mode = spec["st_mode"]
     if mode == "auto":
-        mode = "trainer" if _hf_datasets_installed() else "loop"
+        mode = "trainer" if hf_datasets_installed() else "loop"
     if mode == "trainer":
         from sentence_transformers import (
             SentenceTransformerTrainer,
@@ -177,7 +162,7 @@ def child_st(spec: dict, out: Path) -> dict:
 
         class Clock(TrainerCallback):
             def on_train_begin(self, *args, **kwargs):
-                _reset_vm_hwm()
+                _reset_peak_memory("cpu")
                 clock.start()
 
             def on_step_end(self, *args, **kwargs):
@@ -204,7 +189,7 @@ def child_st(spec: dict, out: Path) -> dict:
         optimizer = torch.optim.AdamW(parameters, lr=spec["lr"], weight_decay=0.0)
         scheduler = get_scheduler("linear", optimizer, num_warmup_steps=0, num_training_steps=total)
         model.train()
-        _reset_vm_hwm()
+        _reset_peak_memory("cpu")
         clock.start()
         batch = spec["batch_size"]
         for step in range(total):
@@ -220,7 +205,7 @@ def child_st(spec: dict, out: Path) -> dict:
             clock.tick()
         detail = "plain loop: model.preprocess + MultipleNegativesRankingLoss, torch AdamW"
     return {"step_ends": clock.ends, "cpu_ends": clock.cpu_ends, "losses": losses,
-            "train_peak_bytes": _vm_hwm(), "st_mode": mode,
+            "train_peak_bytes": _peak_memory_bytes("cpu"), "st_mode": mode,
             "detail": detail}
 
 
@@ -360,29 +345,6 @@ def memory(args) -> dict:
 
 
 # ---------------------------------------------------------------------- main
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    found = {}
-    for dist in ("embedrag", "torch", "transformers", "sentence-transformers", "accelerate", "peft",
-                 "bitsandbytes", "datasets"):
-        try:
-            found[dist] = version(dist)
-        except PackageNotFoundError:
-            continue
-    return found
-
-
 def main() -> None:
     if sys.argv[1:2] == ["_child"]:
         child_main(sys.argv[2:])
@@ -418,9 +380,9 @@ def main() -> None:
         parser.error("--warmup-steps and --steps must be >= 1")
 
     report = {"benchmark": "train", "date": datetime.now(timezone.utc).isoformat(),
-              "machine": {"cpu": _cpu_name(), "cpus": os.cpu_count(), "platform": platform.platform(),
+              "machine": {"cpu": cpu_name(), "cpus": os.cpu_count(), "platform": platform.platform(),
                           "python": platform.python_version()},
-              "threads": args.threads, "versions": _versions()}
+              "threads": args.threads, "versions": versions(VERSIONED)}
     if "throughput" in parts:
         report["throughput"] = throughput(args)
     if "memory" in parts:
