@@ -4,7 +4,8 @@ that share the cores.
 The parent sorts the texts by token length once and hands out contiguous chunks of that
 order, so every batch pads to nearly its own length and a slow chunk does not hold the
 others up. Each worker loads the model itself (from its folder, with the parent's
-embedding settings), so the vectors are those of a single-process run.
+embedding settings, compiled if the parent's encoder is), so the vectors are those of a
+single-process run.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def worker_devices(num_processes: int) -> list[str]:
     return [f"cuda:{i % gpus}" for i in range(num_processes)] if gpus else ["cpu"] * num_processes
 
 
-def _init_worker(source: str, config: dict[str, Any], devices, threads: int) -> None:
+def _init_worker(source: str, config: dict[str, Any], devices, threads: int, compiled: bool) -> None:
     import torch
 
     from embedrag.engine.encoder import EmbeddingConfig, Encoder
@@ -41,6 +42,8 @@ def _init_worker(source: str, config: dict[str, Any], devices, threads: int) -> 
     device = devices.get()
     encoder = Encoder.load(source, device=device)
     encoder.config = EmbeddingConfig.from_dict(config)
+    if compiled:
+        encoder.compile()
     _WORKER["encoder"] = encoder
 
 
@@ -69,7 +72,8 @@ class EncoderPool:
         threads = max(1, (os.cpu_count() or 1) // self.num_processes) if self.devices[0] == "cpu" else 1
         source = str(self.encoder.path or self.encoder.name)
         self._pool = ProcessPoolExecutor(self.num_processes, mp_context=context, initializer=_init_worker,
-                                         initargs=(source, self.encoder.config.to_dict(), queue, threads))
+                                         initargs=(source, self.encoder.config.to_dict(), queue, threads,
+                                                   self.encoder.is_compiled))
         return self
 
     def __exit__(self, *exc) -> None:
