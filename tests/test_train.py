@@ -203,6 +203,31 @@ def test_weighted_datasets_and_dry_run(tiny_bert, toy_data, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_default_temperature_is_the_one_the_model_was_trained_at(tiny_bert, toy_data, tmp_path):
+    from embedrag.engine.train import dry_run, train
+    from embedrag.engine.train_config import DEFAULT_TEMPERATURE, default_temperature
+
+    assert DEFAULT_TEMPERATURE == 0.02  # the original train.py's
+    assert default_temperature("all-MiniLM-L6-v2") == default_temperature("sentence-transformers/all-MiniLM-L6-v2")
+    assert default_temperature(str(tiny_bert)) == 0.02
+    assert default_temperature("/m/merged", None, "sentence-transformers/all-mpnet-base-v2") == 0.05
+    assert default_temperature("/m/merged", {"temperature": 0.07}) == 0.07
+    assert default_temperature("/m/merged", {"temperature": "hot"}) == 0.02
+
+    def resolved(model, **overrides):
+        config = _config(model, toy_data[0], tmp_path / "dry", "lora", **overrides)
+        return dry_run(config).config["temperature"]
+
+    assert resolved(tiny_bert) == 0.02
+    assert resolved("all-MiniLM-L6-v2", query_max_len=16, passage_max_len=16) == 0.05  # the bundled model
+    # A model embedrag trained records its temperature; training it further keeps it.
+    train(_config(tiny_bert, toy_data[0], tmp_path / "first", "full", max_steps=1, temperature=0.07))
+    trained = tmp_path / "first" / "final"
+    assert json.loads((trained / "embedrag.json").read_text())["extra"]["finetune"]["temperature"] == 0.07
+    assert resolved(trained) == 0.07
+    assert resolved(trained, temperature=0.03) == 0.03  # an explicit value always wins
+
+
 def test_validation_on_a_beir_folder(tiny_bert, toy_data, tmp_path):
     folder = tmp_path / "beir"
     (folder / "qrels").mkdir(parents=True)

@@ -161,7 +161,10 @@ def train(
     loss: Annotated[str, typer.Option(
         help="infonce, or margin-ranking: mean max(0, margin - (sim(q, pos) - sim(q, neg))) over pairs.",
         rich_help_panel=_OPT)] = "infonce",
-    temperature: Annotated[float, typer.Option(help="InfoNCE temperature.", rich_help_panel=_OPT)] = 0.02,
+    temperature: Annotated[float | None, typer.Option(
+        help="InfoNCE temperature. [default: the one the model was trained at when known (embedrag's record; "
+        "0.05 for all-MiniLM-L6-v2 and other sentence-transformers all-* models), else 0.02]",
+        show_default=False, rich_help_panel=_OPT)] = None,
     margin: Annotated[float, typer.Option(help="Margin of --loss margin-ranking.", rich_help_panel=_OPT)] = 0.1,
     init_from: Annotated[Path | None, typer.Option(
         "--init-from", help="Start from an earlier run's final/ (an adapter continues on its base) or a "

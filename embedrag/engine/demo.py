@@ -96,9 +96,8 @@ def run_demo(
     run = work / f"run-{finetune_type}"
     config = TrainConfig(train_datasets=[str(folder / "train.jsonl")], output_dir=str(run), model=model,
                          finetune_type=finetune_type, eval_dataset=str(folder / "test.jsonl"), epochs=epochs,
-                         # One hard negative per query halves the passages per step; 0.05 is the
-                         # temperature all-MiniLM-L6-v2 was trained at (sentence-transformers' scale 20).
-                         batch_size=16, neg_nums=1, temperature=0.05, query_max_len=64, passage_max_len=256,
+                         # One hard negative per query halves the passages per step.
+                         batch_size=16, neg_nums=1, query_max_len=64, passage_max_len=256,
                          overwrite_output_dir=True, tensorboard=False, save_on_epoch_end=False)
     trained = timed("train", f"{finetune_type}, {epochs} epoch(s), validation on test.jsonl",
                     lambda: train(config, train_callback))

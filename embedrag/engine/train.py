@@ -17,7 +17,7 @@ import shutil
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +25,7 @@ from embedrag.engine.atomic import write_json
 from embedrag.engine.data import Example, load_examples
 from embedrag.engine.errors import ConfigError
 from embedrag.engine.sampling import ContrastiveBatch, EpochSampler
-from embedrag.engine.train_config import TrainConfig
+from embedrag.engine.train_config import TrainConfig, default_temperature
 
 if TYPE_CHECKING:
     import torch
@@ -352,6 +352,11 @@ class _Trainer:
         self.encoder = load_training_encoder(
             init.model, config.finetune_type, quantization_bits=config.bits,
             device=str(self.accelerator.device), **self._embedding_settings(init))
+        if config.temperature is None:
+            declared = self.encoder.config
+            temperature = default_temperature(init.model, (declared.extra or {}).get("finetune"),
+                                              declared.base_model)
+            config = self.config = replace(config, temperature=temperature)
         if Path(init.model).is_dir():
             # The folder trained from is the base an adapter sits on, whatever base that
             # folder itself was once fine-tuned from.

@@ -7,12 +7,37 @@ from pathlib import Path
 
 from embedrag.engine.errors import ConfigError
 from embedrag.engine.finetune import FINETUNE_TYPES, LoraSettings
-from embedrag.engine.models import DEFAULT_MODEL
+from embedrag.engine.models import DEFAULT_MODEL, canonical_model_name
 
 SCHEDULERS = ("linear", "cosine", "constant")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 BEST_METRICS = ("ndcg@10", "recall@10", "mrr@10", "loss")
 LOSSES = ("infonce", "margin-ranking")
+
+# The original train.py's temperature, for models whose own is not known.
+DEFAULT_TEMPERATURE = 0.02
+# Temperatures (1 / sentence-transformers' scale) that well-known embedders were trained
+# at: their similarities are calibrated to it. On SciFact, all-MiniLM-L6-v2 fine-tuned at
+# 0.05 beats 0.02 (benchmarks/RESULTS.md).
+KNOWN_TRAINING_TEMPERATURES = {
+    "sentence-transformers/all-MiniLM-L6-v2": 0.05,
+    "sentence-transformers/all-MiniLM-L12-v2": 0.05,
+    "sentence-transformers/all-mpnet-base-v2": 0.05,
+}
+
+
+def default_temperature(model: str, finetune_record: dict | None = None, base_model: str | None = None) -> float:
+    """The InfoNCE temperature to fine-tune ``model`` at when none is given: the one
+    embedrag recorded when it trained that model (``finetune_record``, from its
+    ``embedrag.json``), else the one it or its base (``base_model``) is known to have been
+    trained at, else the original's 0.02."""
+    recorded = (finetune_record or {}).get("temperature")
+    if isinstance(recorded, (int, float)) and not isinstance(recorded, bool) and recorded > 0:
+        return float(recorded)
+    for name in (model, base_model):
+        if name and canonical_model_name(str(name)) in KNOWN_TRAINING_TEMPERATURES:
+            return KNOWN_TRAINING_TEMPERATURES[canonical_model_name(str(name))]
+    return DEFAULT_TEMPERATURE
 
 
 @dataclass
@@ -58,7 +83,7 @@ class TrainConfig:
     max_steps: int | None = None
     neg_nums: int = 2
     loss: str = "infonce"
-    temperature: float = 0.02
+    temperature: float | None = None  # None: default_temperature(model)
     margin: float = 0.1
     in_batch_negatives: bool = True
     init_from: str | None = None
@@ -140,7 +165,7 @@ class TrainConfig:
                 yield f"--{name.replace('_', '-')} must be positive, got {value}"
         if self.neg_nums < 0:
             yield f"--neg-nums must be >= 0, got {self.neg_nums}"
-        if self.temperature <= 0:
+        if self.temperature is not None and self.temperature <= 0:
             yield f"--temperature must be positive, got {self.temperature}"
         if self.loss not in LOSSES:
             yield f"--loss must be one of {', '.join(LOSSES)}, got {self.loss!r}"
