@@ -73,36 +73,6 @@ def test_auto_precision_is_bf16_only_where_native(tiny_bert, monkeypatch, native
         encoder.encode(MIXED_TEXTS, precision="int8")
 
 
-def test_compiled_encoder_gives_the_eager_vectors(tiny_bert):
-    eager = Encoder.load(tiny_bert, device="cpu")
-    compiled = Encoder.load(tiny_bert, device="cpu").compile()
-    assert compiled.is_compiled and not eager.is_compiled
-    assert not any(p.requires_grad for p in compiled.model.parameters())  # frozen into the graph
-    for kind, batch_size in (("passage", 3), ("query", 8)):  # ragged, padded and full batches
-        np.testing.assert_allclose(compiled.encode(MIXED_TEXTS, kind, batch_size=batch_size),
-                                   eager.encode(MIXED_TEXTS, kind, batch_size=batch_size), atol=1e-5)
-    assert compiled.is_compiled  # still compiled: nothing fell back to eager
-
-
-def test_a_failing_compile_falls_back_to_the_eager_model(tiny_bert, monkeypatch, caplog):
-    import torch
-
-    def broken_compile(model, **options):
-        def run(**inputs):
-            raise RuntimeError("InductorError: no working C++ compiler\nmore detail")
-
-        return run
-
-    monkeypatch.setattr(torch, "compile", broken_compile)
-    encoder = Encoder.load(tiny_bert, device="cpu")
-    expected = encoder.encode(MIXED_TEXTS)
-    encoder.compile()
-    with caplog.at_level("WARNING"):
-        np.testing.assert_array_equal(encoder.encode(MIXED_TEXTS), expected)
-    assert not encoder.is_compiled
-    assert "torch.compile failed (InductorError: no working C++ compiler): encoding without it" in caplog.text
-
-
 def test_instructions_prefix_queries_and_passages(tiny_bert):
     plain = Encoder.load(tiny_bert, device="cpu")
     instructed = Encoder.load(tiny_bert, query_instruction="query: ",

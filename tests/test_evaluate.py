@@ -130,19 +130,6 @@ def test_precision_is_recorded_and_never_shares_a_cache(tiny_bert, jsonl_set, tm
     assert "Traceback" not in result.output
 
 
-def test_cli_eval_with_a_compiled_model_scores_as_the_eager_one(tiny_bert, jsonl_set, tmp_path):
-    reports = {}
-    for flag in ("--no-compile", "--compile"):
-        out = tmp_path / f"{flag}.json"
-        result = runner.invoke(app, ["eval", "--test-dataset", str(jsonl_set), "--model", str(tiny_bert),
-                                     "--precision", "fp32", "--no-cache", flag, "--output", str(out)])
-        assert result.exit_code == 0, result.output
-        model = json.loads(out.read_text())["models"][0]
-        assert model["settings"]["compiled"] is (flag == "--compile")
-        reports[flag] = model["metrics"]
-    assert reports["--compile"] == pytest.approx(reports["--no-compile"], abs=1e-6)
-
-
 def test_cli_side_by_side_with_json_and_png(tiny_bert, tiny_qwen2, jsonl_set, tmp_path):
     pytest.importorskip("matplotlib")
     result = runner.invoke(app, ["eval", "--test-dataset", str(jsonl_set), "--model", f"base={tiny_bert}",

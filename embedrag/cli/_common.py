@@ -20,9 +20,6 @@ err_console = Console(stderr=True)
 PRECISION_HELP = ("Encoding precision: auto (bf16 where the GPU or CPU computes it natively: 1.7x faster "
                   "on an AVX512-BF16 CPU, same nDCG; else fp32), fp32, bf16 or fp16.")
 
-COMPILE_HELP = ("Compile the model with torch.compile before encoding: 1.2x faster on CPU at equal vectors "
-                "after a one-off ~20 s compile, so worth it from a few thousand passages.")
-
 
 def debug_from_environment() -> bool:
     return os.environ.get("EMBEDRAG_DEBUG", "").strip().lower() in {"1", "true", "yes", "on"}

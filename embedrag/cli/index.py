@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from embedrag.cli._common import COMPILE_HELP, PRECISION_HELP, console, reports_errors
+from embedrag.cli._common import PRECISION_HELP, console, reports_errors
 
 
 @reports_errors
@@ -38,7 +38,6 @@ def index(
         "--num-processes", min=1, help="Encode in this many worker processes (one per GPU, or CPU processes).")
     ] = 1,
     precision: Annotated[str, typer.Option("--precision", help=PRECISION_HELP)] = "auto",
-    compile_model: Annotated[bool, typer.Option("--compile/--no-compile", help=COMPILE_HELP)] = False,
 ) -> None:
     """Chunk documents with the model's tokenizer, embed them and store them in LanceDB."""
     from embedrag.engine.documents import JsonlFields, read_documents
@@ -54,8 +53,6 @@ def index(
         raise DataError([f"{', '.join(map(str, input))}: no documents"])
     with console.status(f"loading {model}..."):
         encoder = Encoder.load(model)
-    if compile_model:
-        encoder.compile()
     with Progress(TextColumn("[bold]indexing"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("docs  {task.fields[chunks]} chunks  {task.fields[speed]}"),
                   TimeRemainingColumn(), console=console) as bars:

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from embedrag.engine.errors import ConfigError, EmbedragError
+from embedrag.engine.errors import ConfigError
 from embedrag.engine.models import resolve_model
 from embedrag.engine.pooling import POOLING_MODES
 from embedrag.engine.st_format import read_st_settings, write_st_files
@@ -159,7 +159,6 @@ class Encoder:
         self.name = name
         self.path = path
         self.device = device
-        self._compiled: torch.nn.Module | None = None
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -287,31 +286,6 @@ class Encoder:
         """Pooled (and normalised) embeddings of a padded batch; keeps gradients."""
         return embed_batch(self.model, batch, self.config.pooling, self.config.normalize)
 
-    @property
-    def is_compiled(self) -> bool:
-        """Whether ``encode`` runs a compiled model (see :meth:`compile`)."""
-        return self._compiled is not None
-
-    def compile(self) -> Encoder:
-        """Freeze the weights and compile the model for inference with ``torch.compile``
-        (inductor, dynamic shapes, weights folded into the graph); ``encode`` then runs the
-        compiled model.
-
-        Measured on all-MiniLM-L6-v2 on a 2-core CPU (benchmarks/RESULTS.md): 1.2x the
-        eager passages/s at equal output (max abs diff ~1e-6) after a one-off compile of
-        ~20 s (less once inductor's on-disk cache is warm), so it pays on corpora of a few
-        thousand passages and more. The encoder becomes inference-only: its parameters stop
-        requiring gradients, since the compiled graph holds a frozen copy of them. If
-        compiling fails (no C++ compiler, an unsupported model), ``encode`` warns once and
-        runs the eager model."""
-        import torch
-
-        for parameter in self.model.parameters():
-            parameter.requires_grad_(False)
-        self.model.eval()
-        self._compiled = torch.compile(self.model, dynamic=True, options={"freezing": True})
-        return self
-
     def encode(
         self,
         texts: Sequence[str],
@@ -361,26 +335,13 @@ class Encoder:
             ):
                 for start in range(0, total, batch_size):
                     rows = order[start:start + batch_size]
-                    vectors = self._embed_for_inference(self.pad([ids[i] for i in rows]))
+                    vectors = self.embed(self.pad([ids[i] for i in rows]))
                     out[rows] = vectors.float().cpu().numpy()
                     if progress is not None:
                         progress(min(start + batch_size, total), total)
         finally:
             self.model.train(was_training)
         return out
-
-    def _embed_for_inference(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        if self._compiled is None:
-            return self.embed(batch)
-        try:
-            return embed_batch(self._compiled, batch, self.config.pooling, self.config.normalize)
-        except Exception as error:  # noqa: BLE001 - any compile failure: the eager model still works
-            if isinstance(error, EmbedragError):
-                raise
-            logger.warning("torch.compile failed (%s): encoding without it", str(error).splitlines()[0][:200]
-                           if str(error) else type(error).__name__)
-            self._compiled = None
-            return self.embed(batch)
 
     def encode_queries(self, texts: Sequence[str], **kwargs) -> np.ndarray:
         return self.encode(texts, "query", **kwargs)

@@ -245,8 +245,7 @@ def evaluate_model(encoder: Encoder, test_set: TestSet, *, name: str, ks: Sequen
                   "query_instruction": config.query_instruction,
                   "passage_instruction": config.passage_instruction,
                   "query_max_length": config.query_max_length,
-                  "passage_max_length": config.passage_max_length, "precision": precision,
-                  "compiled": encoder.is_compiled})
+                  "passage_max_length": config.passage_max_length, "precision": precision})
 
 
 def evaluate(
@@ -264,12 +263,10 @@ def evaluate(
     progress: Progress | None = None,
     num_processes: int = 1,
     precision: str = "fp32",
-    compile_model: bool = False,
 ) -> EvaluationReport:
     """Evaluate each model on ``test_set``; the first model is the baseline. ``num_processes``
     > 1 embeds each corpus in that many worker processes (one per GPU, or CPU processes);
-    every model is encoded in ``precision`` (fp32, bf16, fp16 or auto), by a compiled model
-    with ``compile_model`` (see ``Encoder.compile``)."""
+    every model is encoded in ``precision`` (fp32, bf16, fp16 or auto)."""
     from embedrag.engine.encoder import Encoder
 
     ks = check_ks(ks)
@@ -292,8 +289,6 @@ def evaluate(
     for spec in specs:
         lengths = {"query_max_length": max_length, "passage_max_length": max_length} if max_length else {}
         encoder = Encoder.load(spec.path, device=device, **lengths)
-        if compile_model:
-            encoder.compile()
         results.append(evaluate_model(encoder, test_set, name=spec.name, ks=ks, batch_size=batch_size,
                                       cache=cache, candidates=candidates, per_query=per_query,
                                       progress=progress, num_processes=num_processes, precision=precision))

@@ -4,8 +4,7 @@ that share the cores.
 The parent sorts the texts by token length once and hands out contiguous chunks of that
 order, so every batch pads to nearly its own length and a slow chunk does not hold the
 others up. Each worker loads the model itself (from its folder, with the parent's
-embedding settings, compiled if the parent's encoder is), so the vectors are those of a
-single-process run.
+embedding settings), so the vectors are those of a single-process run.
 """
 
 from __future__ import annotations
@@ -33,7 +32,7 @@ def worker_devices(num_processes: int) -> list[str]:
     return [f"cuda:{i % gpus}" for i in range(num_processes)] if gpus else ["cpu"] * num_processes
 
 
-def _init_worker(source: str, config: dict[str, Any], devices, threads: int, compiled: bool) -> None:
+def _init_worker(source: str, config: dict[str, Any], devices, threads: int) -> None:
     import torch
 
     from embedrag.engine.encoder import EmbeddingConfig, Encoder
@@ -42,8 +41,6 @@ def _init_worker(source: str, config: dict[str, Any], devices, threads: int, com
     device = devices.get()
     encoder = Encoder.load(source, device=device)
     encoder.config = EmbeddingConfig.from_dict(config)
-    if compiled:
-        encoder.compile()
     _WORKER["encoder"] = encoder
 
 
@@ -72,8 +69,7 @@ class EncoderPool:
         threads = max(1, (os.cpu_count() or 1) // self.num_processes) if self.devices[0] == "cpu" else 1
         source = str(self.encoder.path or self.encoder.name)
         self._pool = ProcessPoolExecutor(self.num_processes, mp_context=context, initializer=_init_worker,
-                                         initargs=(source, self.encoder.config.to_dict(), queue, threads,
-                                                   self.encoder.is_compiled))
+                                         initargs=(source, self.encoder.config.to_dict(), queue, threads))
         return self
 
     def __exit__(self, *exc) -> None:
