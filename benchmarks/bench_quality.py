@@ -485,7 +485,7 @@ def main() -> None:
            "torch_threads": _torch_threads(), "python": platform.python_version(), "versions": versions(VERSIONED),
            "model": {"name": MODEL, "source": resolved.source, "path": str(resolved.path)},
            "eval_set": {"beir": str(beir), "split": args.split, "subset": subset},
-           "settings": settings | {"embedrag_defaults": "lr 1e-4 lora/qlora, 1e-5 full; temperature 0.02",
+           "settings": settings | {"embedrag_defaults": "lr 1e-4 lora/qlora, 1e-5 full; temperature the model's own (0.05 for all-MiniLM-L6-v2), see each row",
                                    "st_max_seq_length": args.passage_max_len},
            "rows": results, "goal": goal, "failures": failures}
     (HERE / "results").mkdir(exist_ok=True)
