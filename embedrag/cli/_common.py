@@ -17,8 +17,8 @@ from embedrag.engine.errors import EmbedragError, machine_error_message, redact
 console = Console()
 err_console = Console(stderr=True)
 
-PRECISION_HELP = ("Encoding precision: auto (bf16 where the GPU or CPU computes it natively: 1.7x faster "
-                  "on an AVX512-BF16 CPU, same nDCG; else fp32), fp32, bf16 or fp16.")
+PRECISION_HELP = ("Encoding precision: auto (bf16 where the GPU or CPU computes it natively: 1.6-1.75x fp32's "
+                  "speed on an AVX512-BF16 CPU, same nDCG; else fp32), fp32, bf16 or fp16.")
 
 
 def debug_from_environment() -> bool:

@@ -427,7 +427,7 @@ def resolve_precision(precision: str, device: Any = "cpu") -> str:
     (a CUDA GPU with bf16; a CPU with AVX512-BF16 or AMX), else fp32.
 
     Measured on SciFact (benchmarks/RESULTS.md): bf16 autocast encodes all-MiniLM-L6-v2
-    1.7x faster than fp32 on an AVX512-BF16 CPU, min cosine to fp32 0.99997, nDCG@10
+    1.6-1.75x faster than fp32 (two runs) on an AVX512-BF16 CPU, min cosine to fp32 0.99997, nDCG@10
     within 0.002; on a CPU without native bf16 it is 6x slower, hence fp32 there."""
     if precision not in PRECISION_CHOICES:
         raise ConfigError(f"precision must be one of {', '.join(PRECISION_CHOICES)}, got {precision!r}")
