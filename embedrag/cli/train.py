@@ -258,11 +258,12 @@ def train(
                       "hard negatives per query")
         return
 
-    from embedrag.engine.launch import is_main_process
+    from embedrag.engine.launch import is_main_process, release_process_group
     from embedrag.engine.train import train as run_training
 
     if not is_main_process():  # one process reports; the others train quietly
         run_training(config)
+        release_process_group()
         return
     with console.status("loading data and model..."):
         callback = _progress_callback()
@@ -270,4 +271,5 @@ def train(
         result = run_training(config, callback)
     finally:
         callback.progress.stop()  # leave the terminal clean on errors and Ctrl-C too
+    release_process_group()
     console.print(_summary_table(result))

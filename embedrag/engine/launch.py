@@ -24,6 +24,15 @@ def is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
+def release_process_group() -> None:
+    """Tear down torch.distributed's process group, if a run set one up, before the
+    interpreter exits: left to exit-time destructors, gloo's threads can abort a process
+    whose run succeeded ("terminate called without an active exception", SIGABRT)."""
+    dist = sys.modules.get("torch.distributed")  # never import torch just to look
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def strip_option(argv: Sequence[str], name: str) -> list[str]:
     """``argv`` without ``name VALUE`` / ``name=VALUE``."""
     out: list[str] = []

@@ -37,6 +37,9 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     torch.save({"loss": step.loss, "grads": grads, "weights": weights, "queries": len(batch), "batch": {"queries": batch.queries, "passages": batch.passages},
                 "passages": len(batch.passages)}, out / f"rank{rank}.pt")
+    from embedrag.engine.launch import release_process_group
+
+    release_process_group()
 
 
 if __name__ == "__main__":
