@@ -35,8 +35,9 @@ def default_temperature(model: str, finetune_record: dict | None = None, base_mo
     if isinstance(recorded, (int, float)) and not isinstance(recorded, bool) and recorded > 0:
         return float(recorded)
     for name in (model, base_model):
-        if name and canonical_model_name(str(name)) in KNOWN_TRAINING_TEMPERATURES:
-            return KNOWN_TRAINING_TEMPERATURES[canonical_model_name(str(name))]
+        known = KNOWN_TRAINING_TEMPERATURES.get(canonical_model_name(str(name))) if name else None
+        if known is not None:
+            return known
     return DEFAULT_TEMPERATURE
 
 
