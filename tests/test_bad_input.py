@@ -91,6 +91,12 @@ CASES = [
          if (t / "out").mkdir() or (t / "out" / "keep.txt").write_text("x") else [], "not empty"),
     Case("train: --init-from missing", lambda t, m: _train(t, m, _jsonl(t / "d.jsonl", [GOOD] * 4), "--init-from",
                                                            str(t / "absent")), "--init-from", ("out",)),
+    Case("train: attention dropout not a rate", lambda t, m: _train(t, m, _jsonl(t / "d.jsonl", [GOOD] * 4),
+                                                                    "--attention-dropout", "high"),
+         "--attention-dropout", ("out",)),
+    Case("train: attention dropout out of range", lambda t, m: _train(t, m, _jsonl(t / "d.jsonl", [GOOD] * 4),
+                                                                       "--attention-dropout", "1.5"),
+         "--attention-dropout must be in [0, 1)", ("out",)),
     # ---------------------------------------------------------------- eval
     Case("eval: BEIR without queries.jsonl", lambda t, m: ["eval", "--beir", str(_beir(t / "b", queries=False)),
                                                            "-m", m["bert"]], "queries.jsonl"),

@@ -274,3 +274,43 @@ def test_ctrl_c_saves_a_resumable_checkpoint(tiny_bert, toy_data, tmp_path):
     a = load_file(straight.final_dir / "adapter_model.safetensors")
     b = load_file(resumed.final_dir / "adapter_model.safetensors")
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-6
+
+
+@pytest.mark.parametrize("model_fixture", ["tiny_bert", "tiny_qwen2"])
+def test_attention_dropout_reaches_only_the_attention_probabilities(model_fixture, request):
+    import torch
+
+    from embedrag.engine.finetune import set_attention_dropout
+
+    encoder = Encoder.load(request.getfixturevalue(model_fixture), device="cpu")
+    model = encoder.model
+    batch = encoder.pad(encoder.tokenize(["a first text to embed", "and a second, longer one here"])["input_ids"])
+    dropouts = [m for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+    before = [m.p for m in dropouts]
+    assert set_attention_dropout(model, 0.0) == 2  # one per layer
+    changed = [b for b, m in zip(before, dropouts) if m.p != b]
+    # BERT keeps the rate in a Dropout module of each layer (hidden dropout stays); Qwen2 in a float.
+    assert changed == ([0.1, 0.1] if model_fixture == "tiny_bert" else [])
+    for module in dropouts:
+        module.p = 0.0  # now only attention dropout can make training mode random
+    with torch.no_grad():
+        reference = encoder.embed(batch)
+        set_attention_dropout(model, 0.5)
+        model.train()
+        noisy = encoder.embed(batch)
+        set_attention_dropout(model, 0.0)
+        exact = encoder.embed(batch)
+    assert not torch.allclose(noisy, reference, atol=1e-4)
+    torch.testing.assert_close(exact, reference)
+
+
+def test_training_turns_attention_dropout_off_and_keeps_the_models_config(tiny_bert, toy_data, tmp_path):
+    from embedrag.engine.train import dry_run
+
+    train(_config(tiny_bert, toy_data[0], tmp_path / "out", "full", max_steps=1))
+    final = tmp_path / "out" / "final"
+    assert json.loads((final / "embedrag.json").read_text())["extra"]["finetune"]["attention_dropout"] == 0.0
+    # The saved model is the model: its own rate stays in its config.
+    assert json.loads((final / "config.json").read_text())["attention_probs_dropout_prob"] == 0.1
+    config = _config(tiny_bert, toy_data[0], tmp_path / "dry", "lora", attention_dropout=None)
+    assert dry_run(config).config["attention_dropout"] is None

@@ -21,6 +21,18 @@ _EVAL = "Validation"
 _SAVE = "Checkpoints and output"
 
 
+def _rate_or_model(value: str) -> float | None:
+    """``--attention-dropout``: a rate, or None for 'model' (keep the model's own)."""
+    if value.strip().lower() == "model":
+        return None
+    from embedrag.engine.errors import ConfigError
+
+    try:
+        return float(value)
+    except ValueError:
+        raise ConfigError(f"--attention-dropout must be a rate in [0, 1) or 'model', got {value!r}") from None
+
+
 def _progress_callback():
     from embedrag.engine.train import TrainCallback
 
@@ -181,6 +193,10 @@ def train(
     mixed_precision: Annotated[str, typer.Option(
         "--mixed-precision", "--mixed_precision", help="no, fp16 or bf16 (bf16 also on recent CPUs).",
         rich_help_panel=_OPT)] = "no",
+    attention_dropout: Annotated[str, typer.Option(
+        "--attention-dropout", help="Dropout on attention probabilities while training, or 'model' for the "
+        "model's own (0.1 for BERT-style models). 0 lets the fused attention kernel run: ~1.5x faster steps "
+        "on CPU.", rich_help_panel=_OPT)] = "0",
     gradient_checkpointing: Annotated[bool, typer.Option(
         "--gradient-checkpointing", help="Trade compute for activation memory.", rich_help_panel=_OPT)] = False,
     seed: Annotated[int, typer.Option(rich_help_panel=_OPT)] = 42,
@@ -231,7 +247,8 @@ def train(
         query_max_len=query_max_len, passage_max_len=passage_max_len, pooling=pooling,
         query_instruction=query_instruction, passage_instruction=passage_instruction,
         lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
-        lora_target_modules=lora_target_modules, warmup_proportion=warmup_proportion,
+        lora_target_modules=lora_target_modules, attention_dropout=_rate_or_model(attention_dropout),
+        warmup_proportion=warmup_proportion,
         scheduler=scheduler, save_on_epoch_end=save_on_epoch_end, save_steps=save_steps,
         save_total_limit=save_total_limit, mixed_precision=mixed_precision,
         gradient_checkpointing=gradient_checkpointing, eval_steps=eval_steps, eval_on_start=eval_on_start,

@@ -100,6 +100,32 @@ def load_training_encoder(model: str, finetune_type: str, *, quantization_bits: 
     return encoder
 
 
+def set_attention_dropout(model: torch.nn.Module, p: float) -> int:
+    """Set the dropout on attention probabilities of every self-attention layer to ``p``;
+    returns how many layers were set (0: an architecture this does not recognise, left
+    as it is).
+
+    Fine-tuning turns it off by default: while it is on, PyTorch's fused attention
+    kernel cannot run on CPU, so every layer materialises its (batch, heads, length,
+    length) attention matrix and draws a Bernoulli mask for it; off, a training step of
+    all-MiniLM-L6-v2 on 256-token passages is ~1.5x faster here. Hidden-state dropout
+    stays. Transformers keeps the rate either as a float ``attention_dropout`` on the
+    attention module (Llama, Qwen2, ModernBERT, GTE, NomicBERT) or as the ``dropout``
+    module of a ``*SelfAttention`` (BERT, RoBERTa, XLM-R, MPNet, DistilBERT, ELECTRA)."""
+    import torch
+
+    changed = 0
+    for module in model.modules():
+        if isinstance(getattr(module, "attention_dropout", None), float):
+            module.attention_dropout = p
+            changed += 1
+        elif type(module).__name__.endswith("SelfAttention") and isinstance(
+                getattr(module, "dropout", None), torch.nn.Dropout):
+            module.dropout.p = p
+            changed += 1
+    return changed
+
+
 def release_checkpoint_mapping(model: torch.nn.Module) -> None:
     """Copy the tensors a quantised CPU model still shares with its memory-mapped
     checkpoint. The few unquantised weights (embeddings, norms) otherwise keep the whole

@@ -341,6 +341,7 @@ class _Trainer:
             load_training_encoder,
             prepare_for_training,
             resolve_init,
+            set_attention_dropout,
         )
 
         config = self.config
@@ -367,6 +368,8 @@ class _Trainer:
             lora = init.lora(config.lora_dropout)
         elif init.adapter is not None:
             self._merge_init_adapter(init)
+        if config.attention_dropout is not None:
+            set_attention_dropout(self.encoder.model, config.attention_dropout)
         prepare_for_training(self.encoder, config.finetune_type, lora,
                              gradient_checkpointing=config.gradient_checkpointing)
         if init.adapter is not None and config.finetune_type != "full":
@@ -441,6 +444,8 @@ class _Trainer:
         record: dict[str, Any] = {"type": config.finetune_type, "base_model": None,
                                   "quantization_bits": config.bits, "loss": config.loss,
                                   "temperature": config.temperature, "train_datasets": config.train_datasets}
+        if config.attention_dropout is not None:
+            record["attention_dropout"] = config.attention_dropout
         if config.loss == "margin-ranking":
             record["margin"] = config.margin
         if config.init_from:

@@ -97,6 +97,7 @@ class TrainConfig:
     lora_alpha: int = 32
     lora_dropout: float = 0.1
     lora_target_modules: str = "auto"
+    attention_dropout: float | None = 0.0  # None: the model's own
     warmup_proportion: float = 0.05
     scheduler: str = "linear"
     save_on_epoch_end: bool = True
@@ -180,6 +181,8 @@ class TrainConfig:
             yield f"--warmup-proportion must be in [0, 1), got {self.warmup_proportion}"
         if not 0 <= self.lora_dropout < 1:
             yield f"--lora-dropout must be in [0, 1), got {self.lora_dropout}"
+        if self.attention_dropout is not None and not 0 <= self.attention_dropout < 1:
+            yield f"--attention-dropout must be in [0, 1) or 'model', got {self.attention_dropout}"
         if self.scheduler not in SCHEDULERS:
             yield f"--scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}"
         if self.mixed_precision not in MIXED_PRECISION:
