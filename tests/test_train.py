@@ -7,6 +7,7 @@ import random
 
 import numpy as np
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from embedrag import Encoder
@@ -314,3 +315,31 @@ def test_training_turns_attention_dropout_off_and_keeps_the_models_config(tiny_b
     assert json.loads((final / "config.json").read_text())["attention_probs_dropout_prob"] == 0.1
     config = _config(tiny_bert, toy_data[0], tmp_path / "dry", "lora", attention_dropout=None)
     assert dry_run(config).config["attention_dropout"] is None
+
+
+def test_passages_embedded_in_length_sorted_groups_give_the_same_step(tiny_bert, tmp_path):
+    from embedrag.engine.train import _Trainer
+
+    rows = _toy_rows()
+    for i, row in enumerate(rows):  # passages of many lengths, so groups pad differently
+        row["pos"] = [row["pos"][0] + " and more" * (i % 5)]
+        row["neg"] = [text + " again" * ((i + j) % 7) for j, text in enumerate(row["neg"])]
+    data = tmp_path / "varied.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    trainer = _Trainer(_config(tiny_bert, data, tmp_path / "out", "full", batch_size=6), None)
+    trainer.load_data()
+    trainer.build()
+    trainer.module.eval()  # no dropout: both ways must compute the same thing
+    batch = next(iter(trainer.sampler.batches(0)))
+    lengths = {len(ids) for ids in trainer.encoder.tokenize(batch.passages, "passage")["input_ids"]}
+    assert len(batch.passages) == 18 and len(lengths) > 1  # groups really differ in padding
+    results = []
+    for size in (None, 4):
+        trainer.contrastive_step.passage_group_size = size
+        trainer.optimizer.zero_grad(set_to_none=True)
+        loss = trainer.contrastive_step(batch).loss
+        results.append((loss, [p.grad.clone() for p in trainer.parameters]))
+    (whole, whole_grads), (grouped, grouped_grads) = results
+    assert abs(whole - grouped) < 1e-5
+    for a, b in zip(whole_grads, grouped_grads):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
