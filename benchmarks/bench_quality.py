@@ -11,14 +11,15 @@ Rows (``--only`` picks a subset; they run in this order):
 * ``lora``, ``qlora``, ``full``: ``embedrag train --finetune-type lora|qlora|full``
   (qlora with ``--quantization-bits 4``, NF4), then ``embedrag merge`` for lora/qlora
   (qlora merges into the dequantized 4-bit base, merge's default: the trained model).
-  Everything not listed below is embedrag's own default: lr 1e-4 (lora/qlora) and 1e-5
-  (full), InfoNCE temperature 0.05 (the model's own: embedrag's default for
+  Everything not listed below is embedrag's own default: lr 1e-4 (lora/qlora) and 2e-5
+  (full; 1e-5 before 2026-11-30), InfoNCE temperature 0.05 (the model's own: embedrag's default for
   all-MiniLM-L6-v2; 0.02 before 2026-11-30), in-batch negatives, linear schedule, AdamW, weight
-  decay 0, clipping at 1.0, fp32; each epoch re-draws one positive and ``--neg-nums``
+  decay 0, clipping at 1.0, fp32, no dropout on attention probabilities (since
+  2026-11-30); each epoch re-draws one positive and ``--neg-nums``
   of the 7 mined hard negatives per query.
 * ``st-mnrl``: sentence-transformers ``MultipleNegativesRankingLoss`` on (query,
   positive) pairs; ``st-mnrl-hard``: the same loss on (query, positive, negative_1 ..
-  negative_N) rows, N = ``--neg-nums``, i.e. the same N hard negatives per query as the
+  negative_N) rows (with the model's own dropout, 0.1), N = ``--neg-nums``, i.e. the same N hard negatives per query as the
   embedrag rows (N = 1 is the plain triplet form). Scale ``--st-scale`` (20, the loss's
   default, = temperature 0.05), lr ``--st-lr`` (2e-5; a comma list trains one row per
   value), ``batch_sampler=NO_DUPLICATES``, linear schedule, AdamW, weight decay 0,
@@ -485,7 +486,7 @@ def main() -> None:
            "torch_threads": _torch_threads(), "python": platform.python_version(), "versions": versions(VERSIONED),
            "model": {"name": MODEL, "source": resolved.source, "path": str(resolved.path)},
            "eval_set": {"beir": str(beir), "split": args.split, "subset": subset},
-           "settings": settings | {"embedrag_defaults": "lr 1e-4 lora/qlora, 1e-5 full; temperature the model's own (0.05 for all-MiniLM-L6-v2), see each row",
+           "settings": settings | {"embedrag_defaults": "lr 1e-4 lora/qlora, 2e-5 full; temperature the model's own (0.05 for all-MiniLM-L6-v2), see each row",
                                    "st_max_seq_length": args.passage_max_len},
            "rows": results, "goal": goal, "failures": failures}
     (HERE / "results").mkdir(exist_ok=True)

@@ -161,7 +161,7 @@ def train(
         help="Micro-batches per optimizer step (adds no negatives).", rich_help_panel=_OPT)] = 1,
     lr: Annotated[float | None, typer.Option(
         "--lr", "--learning-rate", "--learning_rate", help="Peak learning rate. [default: 1e-4 lora/qlora, "
-        "1e-5 full]", rich_help_panel=_OPT, show_default=False)] = None,
+        "2e-5 full]", rich_help_panel=_OPT, show_default=False)] = None,
     epochs: Annotated[int, typer.Option(
         "--epochs", "--num-epochs", "--num_epochs", "--num_train_epochs", rich_help_panel=_OPT)] = 2,
     max_steps: Annotated[int | None, typer.Option(
