@@ -68,7 +68,7 @@ def run_one(model: Path, data: Path, out: Path, finetune_type: str, args) -> dic
                "--train-dataset", str(data), "--output-dir", str(out), "--finetune-type", finetune_type,
                "--max-steps", str(args.steps), "--batch-size", str(args.batch_size), "--neg-nums", "2",
                "--query-max-len", str(args.query_max_len), "--passage-max-len", str(args.passage_max_len),
-               "--no-save-on-epoch-end"]
+               "--no-save-on-epoch-end", *(["--gradient-checkpointing"] if args.gradient_checkpointing else [])]
     start = time.perf_counter()
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL,
                    env={**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "120"})
@@ -89,6 +89,7 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=40000)
     parser.add_argument("--query-max-len", type=int, default=32)
     parser.add_argument("--passage-max-len", type=int, default=128)
+    parser.add_argument("--gradient-checkpointing", action="store_true", help="every run (QLoRA's usual setting)")
     args = parser.parse_args()
 
     import torch
