@@ -116,13 +116,17 @@ def set_attention_dropout(model: torch.nn.Module, p: float) -> int:
 
     changed = 0
     for module in model.modules():
-        if isinstance(getattr(module, "attention_dropout", None), float):
-            module.attention_dropout = p
-            changed += 1
+        rate = getattr(module, "attention_dropout", None)
+        if isinstance(rate, torch.nn.Dropout):  # remote-code models
+            rate.p = p
+        elif isinstance(rate, (int, float)) and not isinstance(rate, bool):
+            module.attention_dropout = float(p)
         elif type(module).__name__.endswith("SelfAttention") and isinstance(
                 getattr(module, "dropout", None), torch.nn.Dropout):
             module.dropout.p = p
-            changed += 1
+        else:
+            continue
+        changed += 1
     return changed
 
 
