@@ -343,3 +343,27 @@ def test_passages_embedded_in_length_sorted_groups_give_the_same_step(tiny_bert,
     assert abs(whole - grouped) < 1e-5
     for a, b in zip(whole_grads, grouped_grads):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_attention_dropout_finds_the_rate_however_it_is_stored():
+    from embedrag.engine.finetune import set_attention_dropout
+
+    class IntRate(torch.nn.Module):  # a config that wrote 0 as an int
+        def __init__(self):
+            super().__init__()
+            self.attention_dropout = 0
+
+    class RemoteAttention(torch.nn.Module):  # trust_remote_code models
+        def __init__(self):
+            super().__init__()
+            self.attention_dropout = torch.nn.Dropout(0.1)
+
+    class MLP(torch.nn.Module):  # hidden dropout in a module that is not attention
+        def __init__(self):
+            super().__init__()
+            self.dropout = torch.nn.Dropout(0.1)
+
+    model = torch.nn.ModuleList([IntRate(), RemoteAttention(), MLP()])
+    assert set_attention_dropout(model, 0.25) == 2
+    assert model[0].attention_dropout == 0.25 and model[1].attention_dropout.p == 0.25
+    assert model[2].dropout.p == 0.1
