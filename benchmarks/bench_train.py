@@ -7,8 +7,8 @@ callback stamping each step) twice, at its default (no dropout on attention
 probabilities while training, which lets the fused attention kernel run) and with
 ``--attention-dropout model`` (the model's own 0.1, which sentence-transformers trains
 with), and once with sentence-transformers, with identical settings otherwise: batch 16,
-lr 2e-5, linear schedule without warmup, AdamW, gradient clipping at 1.0, fp32, InfoNCE temperature 0.05 == MultipleNegativesRankingLoss scale 20, passages
-truncated at 256 tokens, queries at 64 (sentence-transformers has one max_seq_length for
+lr 2e-5, linear schedule without warmup, AdamW, gradient clipping at 1.0, fp32, InfoNCE
+temperature 0.05 == MultipleNegativesRankingLoss scale 20, passages truncated at 256 tokens, queries at 64 (sentence-transformers has one max_seq_length for
 both, 256; 1 of the 809 SciFact queries is longer than 64 tokens), the same number of
 steps and the same torch thread count. sentence-transformers runs through its own
 SentenceTransformerTrainer (no-duplicates batch sampler, as it recommends for this loss)
