@@ -8,16 +8,17 @@ probabilities while training, which lets the fused attention kernel run) and wit
 ``--attention-dropout model`` (the model's own 0.1, which sentence-transformers trains
 with), and once with sentence-transformers, with identical settings otherwise: batch 16,
 lr 2e-5, linear schedule without warmup, AdamW, gradient clipping at 1.0, fp32, InfoNCE
-temperature 0.05 == MultipleNegativesRankingLoss scale 20, passages truncated at 256 tokens, queries at 64 (sentence-transformers has one max_seq_length for
-both, 256; 1 of the 809 SciFact queries is longer than 64 tokens), the same number of
-steps and the same torch thread count. sentence-transformers runs through its own
+temperature 0.05 == MultipleNegativesRankingLoss scale 20, passages truncated at 256
+tokens, queries at 64 (sentence-transformers has one max_seq_length for both, 256; 1 of
+the 809 SciFact queries is longer than 64 tokens), the same number of steps and the same
+torch thread count. sentence-transformers runs through its own
 SentenceTransformerTrainer (no-duplicates batch sampler, as it recommends for this loss)
 when the ``datasets`` package is importable, else through a plain loop over the model's
 forward and the same loss (``--st-mode``). Each run is its own process; pairs/s counts
 the steps after ``--warmup-steps`` (model loading excluded), in wall time and in process
-CPU time (user + sys of all threads: steadier than wall time on a shared CPU); peak memory
-is the process's ru_maxrss, and the peak during training (VmHWM reset once the model is
-loaded).
+CPU time (user + sys of all threads: steadier than wall time on a shared CPU); peak
+memory is the process's ru_maxrss, and the peak during training (VmHWM reset once the
+model is loaded).
 
 Part ``memory``: the qlora-4bit / lora / full runs of ``bench_train_memory.py`` (imported
 from this folder, not copied) on a ~110M-parameter Qwen2-style decoder built from a config.
