@@ -40,6 +40,12 @@ def main() -> None:
     from embedrag.engine.launch import release_process_group
 
     release_process_group()
+    # Everything is written. Skip interpreter teardown: a gloo/bitsandbytes thread still
+    # joinable there aborted a rank ("terminate called without an active exception",
+    # SIGABRT) in CI even after the process group was destroyed.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
