@@ -40,6 +40,59 @@ def test_empty_input_and_progress(tiny_bert):
     assert seen == [(3, 8), (6, 8), (8, 8)]
 
 
+def test_length_sorted_batches_respect_rows_and_token_budget():
+    from embedrag.engine.encoder import length_sorted_batches
+
+    lengths = [300, 120, 100, 100, 60, 30, 30, 30, 10, 5]
+    spans = length_sorted_batches(lengths, 4, 250)
+    assert spans == [(0, 1), (1, 3), (3, 5), (5, 9), (9, 10)]
+    covered = [i for start, stop in spans for i in range(start, stop)]
+    assert covered == list(range(len(lengths)))
+    for start, stop in spans:
+        assert stop - start <= 4
+        assert stop - start == 1 or lengths[start] * (stop - start) <= 250
+    assert length_sorted_batches(lengths, 3, None) == [(0, 3), (3, 6), (6, 9), (9, 10)]
+    assert length_sorted_batches([], 3, 100) == []
+
+
+def test_token_budget_splits_batches_without_changing_rows(tiny_bert):
+    encoder = Encoder.load(tiny_bert, device="cpu")
+    calls = []
+    hook = encoder.model.register_forward_hook(lambda m, args, kwargs, out: calls.append(
+        tuple(kwargs["input_ids"].shape)), with_kwargs=True)
+    try:
+        wide = encoder.encode(MIXED_TEXTS, batch_size=64, max_batch_tokens=10**6)
+        assert len(calls) == 1
+        calls.clear()
+        budgeted = encoder.encode(MIXED_TEXTS, batch_size=64, max_batch_tokens=24)
+    finally:
+        hook.remove()
+    assert len(calls) > 1
+    assert sum(rows for rows, _ in calls) == len(MIXED_TEXTS)
+    assert all(rows == 1 or rows * length <= 24 for rows, length in calls)
+    np.testing.assert_allclose(budgeted, wide, atol=1e-5)
+    with pytest.raises(ConfigError, match="max batch tokens"):
+        encoder.encode(MIXED_TEXTS, max_batch_tokens=0)
+
+
+def test_default_token_budget_is_cache_sized_on_cpu_only():
+    from types import SimpleNamespace
+
+    from embedrag.engine.encoder import (
+        CPU_BATCH_ACTIVATION_BYTES,
+        MIN_BATCH_TOKENS,
+        default_batch_tokens,
+    )
+
+    minilm = SimpleNamespace(hidden_size=384, intermediate_size=1536)
+    assert default_batch_tokens(minilm, "cpu") == CPU_BATCH_ACTIVATION_BYTES // (4 * 1536) == 2048
+    assert default_batch_tokens(SimpleNamespace(hidden_size=1024), "cpu") == 768  # 4x hidden
+    assert default_batch_tokens(SimpleNamespace(hidden_size=8192, intermediate_size=10**6),
+                                "cpu") == MIN_BATCH_TOKENS
+    assert default_batch_tokens(minilm, "cuda") is None
+    assert default_batch_tokens(minilm, "meta") is None
+
+
 def test_max_length_is_capped_at_the_model_limit(tiny_bert):
     encoder = Encoder.load(tiny_bert, passage_max_length=10_000, query_max_length=8, device="cpu")
     assert encoder.config.passage_max_length == 128  # the tiny BERT's position table

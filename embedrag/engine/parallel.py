@@ -44,8 +44,10 @@ def _init_worker(source: str, config: dict[str, Any], devices, threads: int) -> 
     _WORKER["encoder"] = encoder
 
 
-def _encode_chunk(texts: list[str], kind: str, batch_size: int, precision: str) -> np.ndarray:
-    return _WORKER["encoder"].encode(texts, kind, batch_size=batch_size, precision=precision)
+def _encode_chunk(texts: list[str], kind: str, batch_size: int, precision: str,
+                  max_batch_tokens: int | None) -> np.ndarray:
+    return _WORKER["encoder"].encode(texts, kind, batch_size=batch_size, precision=precision,
+                                     max_batch_tokens=max_batch_tokens)
 
 
 class EncoderPool:
@@ -78,7 +80,8 @@ class EncoderPool:
             self._pool = None
 
     def encode(self, texts: Sequence[str], kind: str, *, batch_size: int = 32, precision: str = "fp32",
-               progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+               progress: Callable[[int, int], None] | None = None,
+               max_batch_tokens: int | None = None) -> np.ndarray:
         """``encoder.encode(texts, kind)``, spread over the workers."""
         import numpy as np
 
@@ -90,7 +93,8 @@ class EncoderPool:
         size = max(batch_size, -(-total // (self.num_processes * CHUNKS_PER_PROCESS)))
         chunks = [order[start:start + size] for start in range(0, total, size)]
         out = np.zeros((total, self.encoder.dimension), np.float32)
-        futures = {self._pool.submit(_encode_chunk, [texts[i] for i in rows], kind, batch_size, precision): rows
+        futures = {self._pool.submit(_encode_chunk, [texts[i] for i in rows], kind, batch_size, precision,
+                                     max_batch_tokens): rows
                    for rows in chunks}
         done = 0
         for future in as_completed(futures):
@@ -104,7 +108,9 @@ class EncoderPool:
 
 def encode_in_processes(encoder: Encoder, texts: Sequence[str], kind: str, *, num_processes: int,
                         batch_size: int = 32, precision: str = "fp32",
-                        progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+                        progress: Callable[[int, int], None] | None = None,
+                        max_batch_tokens: int | None = None) -> np.ndarray:
     """``encoder.encode(texts, kind)`` spread over ``num_processes`` fresh worker processes."""
     with EncoderPool(encoder, num_processes) as pool:
-        return pool.encode(texts, kind, batch_size=batch_size, precision=precision, progress=progress)
+        return pool.encode(texts, kind, batch_size=batch_size, precision=precision, progress=progress,
+                           max_batch_tokens=max_batch_tokens)
