@@ -198,3 +198,27 @@ def test_table_without_the_judged_passages_is_one_error(tiny_bert, tmp_path, jso
                 fts=False)
     with pytest.raises(DataError, match="not in the table"):
         evaluate_table(load_jsonl_testset(jsonl_set), tmp_path / "db", "docs")
+
+
+def test_cli_max_batch_tokens_reaches_every_encode_and_keeps_the_scores(tiny_bert, jsonl_set, tmp_path, monkeypatch):
+    import embedrag.engine.encoder as encoder_module
+
+    budgets = []
+    batches = encoder_module.length_sorted_batches
+
+    def recording(lengths, batch_size, max_tokens):
+        budgets.append(max_tokens)
+        return batches(lengths, batch_size, max_tokens)
+
+    monkeypatch.setattr(encoder_module, "length_sorted_batches", recording)
+    reports = {}
+    for name, extra in (("default", []), ("capped", ["--max-batch-tokens", "16"])):
+        result = runner.invoke(app, ["eval", "--test-dataset", str(jsonl_set), "--model", str(tiny_bert),
+                                     "--no-cache", "-o", str(tmp_path / f"{name}.json"), *extra])
+        assert result.exit_code == 0, result.output
+        reports[name] = json.loads((tmp_path / f"{name}.json").read_text())["models"][0]["metrics"]
+    # corpus and queries, each run: the CPU default budget first, then the flag's
+    assert len(budgets) == 4 and budgets[:2] != [16, 16] and budgets[2:] == [16, 16]
+    assert reports["capped"] == pytest.approx(reports["default"], abs=1e-6)
+    with pytest.raises(ConfigError, match="max-batch-tokens"):
+        evaluate(load_jsonl_testset(jsonl_set), [str(tiny_bert)], use_cache=False, max_batch_tokens=0)

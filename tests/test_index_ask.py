@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 from embedrag import Encoder
 from embedrag.cli import app
 from embedrag.engine.documents import Chunker, Document, read_documents
+from embedrag.engine.errors import ConfigError
 from embedrag.engine.rag import RAG, OpenAIChatGenerator, build_messages
 from embedrag.engine.store import Retriever, TableMismatchError, build_index, open_table
 
@@ -149,6 +150,34 @@ def sample_db(tiny_bert, tmp_path_factory):
     assert result.exit_code == 0, result.output
     return db
 
+
+
+def test_index_max_batch_tokens_reaches_the_encoder_and_keeps_the_vectors(tiny_bert, tmp_path, monkeypatch):
+    import lancedb
+    import numpy as np
+
+    import embedrag.engine.encoder as encoder_module
+
+    budgets = []
+    batches = encoder_module.length_sorted_batches
+    monkeypatch.setattr(encoder_module, "length_sorted_batches", lambda lengths, size, max_tokens: (
+        budgets.append(max_tokens), batches(lengths, size, max_tokens))[1])
+    sample = str(REPO / "datasets" / "sample_data.jsonl")
+    vectors = {}
+    for name, extra in (("default", []), ("capped", ["--max-batch-tokens", "12"])):
+        result = runner.invoke(app, ["index", "--input", sample, "--text-field", "query", "--model", str(tiny_bert),
+                                     "--db", str(tmp_path / name), *extra])
+        assert result.exit_code == 0, result.output
+        rows = lancedb.connect(str(tmp_path / name)).open_table("docs").to_arrow().to_pylist()
+        vectors[name] = {(r["doc_id"], r["chunk"]): np.asarray(r["vector"]) for r in rows}
+        assert budgets and all((b == 12) == (name == "capped") for b in budgets)
+        budgets.clear()
+    assert vectors["capped"].keys() == vectors["default"].keys()
+    for key, vector in vectors["default"].items():
+        np.testing.assert_allclose(vectors["capped"][key], vector, atol=1e-5)
+    with pytest.raises(ConfigError, match="max-batch-tokens"):
+        build_index([Document(id="a", text="x")], Encoder.load(tiny_bert), db=tmp_path / "bad", max_batch_tokens=0)
+    assert not (tmp_path / "bad").exists()
 
 def test_hf_generator_answers_with_sources(sample_db, tiny_qwen2):
     result = runner.invoke(app, ["ask", "beef noodles", "--db", str(sample_db), "--llm", f"hf:{tiny_qwen2}",

@@ -19,6 +19,9 @@ err_console = Console(stderr=True)
 
 PRECISION_HELP = ("Encoding precision: auto (bf16 where the GPU or CPU computes it natively: 1.6-1.75x fp32's "
                   "speed on an AVX512-BF16 CPU, same nDCG; else fp32), fp32, bf16 or fp16.")
+MAX_BATCH_TOKENS_HELP = ("Cap each encoding batch at this many padded tokens; lower it if long texts run a GPU "
+                         "out of memory. [default: on a CPU a cache-sized budget (2,048 tokens for MiniLM), "
+                         "on a GPU no cap]")
 
 
 def debug_from_environment() -> bool:

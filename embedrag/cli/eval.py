@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from embedrag.cli._common import PRECISION_HELP, console, reports_errors
+from embedrag.cli._common import MAX_BATCH_TOKENS_HELP, PRECISION_HELP, console, reports_errors
 
 DEFAULT_TABLE = "ndcg@10,recall@10,mrr@10,map@10,precision@10,hit@5,recall@100"
 # Over each line's own candidates, hit@K is the Top-K accuracy of the ScienceQA report.
@@ -67,6 +67,8 @@ def eval_command(
         "--num-processes", min=1, help="Encode in this many worker processes (one per GPU, or CPU processes).")
     ] = 1,
     precision: Annotated[str, typer.Option("--precision", help=PRECISION_HELP)] = "auto",
+    max_batch_tokens: Annotated[int | None, typer.Option(
+        "--max-batch-tokens", min=1, help=MAX_BATCH_TOKENS_HELP, show_default=False)] = None,
     max_length: Annotated[int | None, typer.Option(
         "--max-length", min=1, help="Override every model's query/passage token limit.")] = None,
     cache_dir: Annotated[Path | None, typer.Option(
@@ -123,7 +125,7 @@ def eval_command(
         report = evaluate(test_set, model or ["all-MiniLM-L6-v2"], ks=ks, batch_size=batch_size,
                           cache_dir=cache_dir, use_cache=cache, candidates=candidates,
                           per_query=per_query, max_length=max_length, progress=progress,
-                          num_processes=num_processes, precision=precision)
+                          num_processes=num_processes, precision=precision, max_batch_tokens=max_batch_tokens)
     _finish(report, shown, output, per_query, plot)
 
 

@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from embedrag.cli._common import PRECISION_HELP, console, reports_errors
+from embedrag.cli._common import MAX_BATCH_TOKENS_HELP, PRECISION_HELP, console, reports_errors
 
 
 @reports_errors
@@ -38,6 +38,8 @@ def index(
         "--num-processes", min=1, help="Encode in this many worker processes (one per GPU, or CPU processes).")
     ] = 1,
     precision: Annotated[str, typer.Option("--precision", help=PRECISION_HELP)] = "auto",
+    max_batch_tokens: Annotated[int | None, typer.Option(
+        "--max-batch-tokens", min=1, help=MAX_BATCH_TOKENS_HELP, show_default=False)] = None,
 ) -> None:
     """Chunk documents with the model's tokenizer, embed them and store them in LanceDB."""
     from embedrag.engine.documents import JsonlFields, read_documents
@@ -65,7 +67,8 @@ def index(
 
         stats = build_index(documents, encoder, db=db, table=table, mode=mode, chunk_size=chunk_size,
                             chunk_overlap=chunk_overlap, ann=ann, fts=fts, encode_batch_size=batch_size,
-                            num_processes=num_processes, precision=precision, progress=progress)
+                            num_processes=num_processes, precision=precision, max_batch_tokens=max_batch_tokens,
+                            progress=progress)
     summary = Table(show_header=False, title=f"{escape(str(db))} :: {escape(table)}", title_justify="left")
     summary.add_column(style="bold")
     summary.add_column()

@@ -201,9 +201,10 @@ def evaluate_model(encoder: Encoder, test_set: TestSet, *, name: str, ks: Sequen
                    batch_size: int = 64, cache: EmbeddingCache | None = None,
                    candidates: str = "all", per_query: bool = False,
                    progress: Progress | None = None, num_processes: int = 1,
-                   precision: str = "fp32") -> ModelResult:
+                   precision: str = "fp32", max_batch_tokens: int | None = None) -> ModelResult:
     """Score one loaded model on a test set, encoding in ``precision`` (``auto``: bf16
-    where the hardware has it natively, see ``resolve_precision``)."""
+    where the hardware has it natively, see ``resolve_precision``) with at most
+    ``max_batch_tokens`` padded tokens a batch (``None``: the device's default)."""
     from embedrag.engine.encoder import resolve_precision
 
     cache = cache or EmbeddingCache(None)
@@ -220,7 +221,7 @@ def evaluate_model(encoder: Encoder, test_set: TestSet, *, name: str, ks: Sequen
     if corpus_vectors is None:
         corpus_vectors = encoder.encode(
             [test_set.corpus[d] for d in doc_ids], "passage", batch_size=batch_size, num_processes=num_processes,
-            precision=precision,
+            precision=precision, max_batch_tokens=max_batch_tokens,
             progress=(lambda done, total: progress(f"{name}: corpus", done, total)) if progress else None)
         cache.store(cache_fp, corpus_fp, corpus_vectors)
     corpus_seconds = time.perf_counter() - started
@@ -228,7 +229,7 @@ def evaluate_model(encoder: Encoder, test_set: TestSet, *, name: str, ks: Sequen
     query_ids = list(test_set.qrels)
     query_vectors = encoder.encode(
         [test_set.queries[q] for q in query_ids], "query", batch_size=batch_size, precision=precision,
-        progress=(lambda done, total: progress(f"{name}: queries", done, total)) if progress else None)
+        max_batch_tokens=max_batch_tokens, progress=(lambda done, total: progress(f"{name}: queries", done, total)) if progress else None)
     query_seconds = time.perf_counter() - started
     started = time.perf_counter()
     run = _rank(test_set, query_vectors, corpus_vectors, doc_ids, max(ks), candidates)
@@ -263,10 +264,12 @@ def evaluate(
     progress: Progress | None = None,
     num_processes: int = 1,
     precision: str = "fp32",
+    max_batch_tokens: int | None = None,
 ) -> EvaluationReport:
     """Evaluate each model on ``test_set``; the first model is the baseline. ``num_processes``
     > 1 embeds each corpus in that many worker processes (one per GPU, or CPU processes);
-    every model is encoded in ``precision`` (fp32, bf16, fp16 or auto)."""
+    every model is encoded in ``precision`` (fp32, bf16, fp16 or auto), batches capped at
+    ``max_batch_tokens`` padded tokens (``None``: the device's default)."""
     from embedrag.engine.encoder import Encoder
 
     ks = check_ks(ks)
@@ -276,6 +279,8 @@ def evaluate(
         raise ConfigError("--candidates per-query needs a JSONL test set (each line's pos + neg)")
     if batch_size <= 0:
         raise ConfigError(f"--batch-size must be positive, got {batch_size}")
+    if max_batch_tokens is not None and max_batch_tokens <= 0:
+        raise ConfigError(f"--max-batch-tokens must be positive, got {max_batch_tokens}")
     specs = [m if isinstance(m, ModelSpec) else ModelSpec.parse(m) for m in models]
     if not specs:
         raise ConfigError("no model to evaluate")
@@ -291,7 +296,8 @@ def evaluate(
         encoder = Encoder.load(spec.path, device=device, **lengths)
         results.append(evaluate_model(encoder, test_set, name=spec.name, ks=ks, batch_size=batch_size,
                                       cache=cache, candidates=candidates, per_query=per_query,
-                                      progress=progress, num_processes=num_processes, precision=precision))
+                                      progress=progress, num_processes=num_processes, precision=precision,
+                                      max_batch_tokens=max_batch_tokens))
         del encoder
     return EvaluationReport(test_set=test_set.describe(), ks=ks, candidates=candidates, models=results,
                             seconds=time.perf_counter() - started)

@@ -207,9 +207,11 @@ def build_index(
     fts: bool = True,
     num_processes: int = 1,
     precision: str = "fp32",
+    max_batch_tokens: int | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> IndexStats:
-    """Chunk, embed (in ``precision``: fp32, bf16, fp16 or auto) and write ``documents``
+    """Chunk, embed (in ``precision``: fp32, bf16, fp16 or auto; at most ``max_batch_tokens``
+    padded tokens a batch, ``None`` for the device's default) and write ``documents``
     into ``db``/``table``.
 
     ``upsert`` deletes every chunk of each incoming document id before adding the new
@@ -223,6 +225,8 @@ def build_index(
         raise ConfigError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
     if ann not in ANN_KINDS:
         raise ConfigError(f"--ann must be one of {', '.join(ANN_KINDS)}, got {ann!r}")
+    if max_batch_tokens is not None and max_batch_tokens <= 0:
+        raise ConfigError(f"--max-batch-tokens must be positive, got {max_batch_tokens}")
     chunk_size = chunk_size or max(16, encoder.config.passage_max_length - 2)
     chunker = Chunker(encoder.tokenizer, chunk_size, min(chunk_overlap, chunk_size - 1))
     precision = resolve_precision(precision, encoder.device)
@@ -249,7 +253,7 @@ def build_index(
             handle = connection.create_table(table, schema=_schema(encoder.dimension, settings), mode="overwrite")
         return _fill_table(handle, documents, encoder, chunker, settings, db=db, table=table, mode=mode,
                            batch_documents=batch_documents, encode_batch_size=encode_batch_size, ann=ann, fts=fts,
-                           num_processes=num_processes, progress=progress)
+                           num_processes=num_processes, max_batch_tokens=max_batch_tokens, progress=progress)
     except BaseException:
         # A failed create leaves no table; a failed append or overwrite the table as it was.
         # upsert keeps what it wrote: re-running it converges on the full set anyway.
@@ -265,7 +269,8 @@ def build_index(
 
 def _fill_table(handle, documents: Iterable[Document], encoder: Encoder, chunker, settings: IndexSettings, *,
                 db, table: str, mode: str, batch_documents: int, encode_batch_size: int, ann: str, fts: bool,
-                num_processes: int, progress: Callable[[int, int], None] | None) -> IndexStats:
+                num_processes: int, max_batch_tokens: int | None,
+                progress: Callable[[int, int], None] | None) -> IndexStats:
     started = time.perf_counter()
     count_documents = count_chunks = replaced = 0
     seen_ids: set[str] = set()
@@ -276,7 +281,8 @@ def _fill_table(handle, documents: Iterable[Document], encoder: Encoder, chunker
         pieces = [chunker.split(d.text) or [d.text.strip() or d.title or d.id] for d in batch]
         texts = [p for chunks in pieces for p in chunks]
         vectors = (pool if pool is not None else encoder).encode(texts, "passage", batch_size=encode_batch_size,
-                                                                 precision=settings.precision)
+                                                                 precision=settings.precision,
+                                                                 max_batch_tokens=max_batch_tokens)
         if mode == "upsert":
             where = f"doc_id IN ({_quote(d.id for d in batch)})"
             existing = handle.search().where(where).select(["doc_id"]).limit(None).to_list()
