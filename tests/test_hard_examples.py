@@ -34,7 +34,8 @@ class RankedEncoder:
         self.config = EmbeddingConfig()
         self.scores = scores
 
-    def encode(self, texts, kind="passage", batch_size=64, progress=None, num_processes=1, precision="fp32"):
+    def encode(self, texts, kind="passage", batch_size=64, progress=None, num_processes=1, precision="fp32",
+               max_batch_tokens=None):
         rows = []
         for text in texts:
             if kind == "query":
