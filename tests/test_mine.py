@@ -32,6 +32,8 @@ class FakeEncoder:
     """Vectors chosen by the test. Queries sit on the first axis, so a passage's score for
     a query is the first coordinate of its vector."""
 
+    device = "cpu"
+
     def __init__(self, scores: dict[str, float], queries: list[str]):
         self.vectors = {t: self.unit(s, i) for i, (t, s) in enumerate(scores.items())}
         self.vectors.update({q: np.array([1.0, 0.0, 0.0], np.float32) for q in queries})
@@ -42,7 +44,8 @@ class FakeEncoder:
         angle = 0.37 * i  # spread passages around the query axis so they differ from each other
         return np.array([score, rest * math.cos(angle), rest * math.sin(angle)], np.float32)
 
-    def encode(self, texts, kind="passage", batch_size=64, progress=None, num_processes=1):
+    def encode(self, texts, kind="passage", batch_size=64, progress=None, num_processes=1, precision="fp32",
+               max_batch_tokens=None):
         return np.stack([self.vectors[t] for t in texts]) if texts else np.zeros((0, 3), np.float32)
 
 
@@ -283,7 +286,34 @@ def test_mine_from_a_lancedb_table_reuses_its_vectors(tiny_bert, tmp_path):
     assert len(line["neg"]) == 7 and "document number 2 about noodles" not in line["neg"]
 
 
+def test_mining_precision_is_used_recorded_and_cached_apart(tiny_bert, tmp_path):
+    from embedrag import Encoder
+    from embedrag.engine.encoder import resolve_precision
+    from embedrag.engine.mine import mine
+
+    encoder = Encoder.load(tiny_bert, device="cpu")
+    encode = encoder.encode
+    corpus_encodes = []
+
+    def recording(texts, kind="passage", **options):
+        if len(texts) > 100:  # the slice's 1,500-passage corpus, not its queries or positives
+            corpus_encodes.append(options["precision"])
+        return encode(texts, kind, **options)
+
+    encoder.encode = recording
+    reports = [mine(beir=SLICE, split="test", model=encoder, cache_dir=tmp_path / "cache", precision=precision,
+                    negatives=2, relative_margin=None, max_batch_tokens=512)
+               for precision in ("fp32", "bf16", "bf16", "auto")]
+    auto = resolve_precision("auto")
+    assert [r.config["precision"] for r in reports] == ["fp32", "bf16", "bf16", auto]
+    assert [r.config["max_batch_tokens"] for r in reports] == [512] * 4
+    # each precision embeds the corpus once; a rerun (or auto naming the same one) reads the cache
+    assert corpus_encodes == ["fp32", "bf16"] + ([] if auto == "bf16" else [auto])
+    assert len(list((tmp_path / "cache").rglob("*.npy"))) == len(set(corpus_encodes))
+
+
 @pytest.mark.parametrize("args, message", [
+    (["-i", "{sample}", "-o", "{tmp}/o.jsonl", "--precision", "int8"], "precision must be one of"),
     (["-o", "{tmp}/o.jsonl"], "exactly one of --input"),
     (["-i", "{tmp}/absent.jsonl", "-o", "{tmp}/o.jsonl"], "absent.jsonl"),
     (["-i", "{sample}", "-o", "{tmp}/o.jsonl", "--range", "50-10"], "--range"),

@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from embedrag.cli._common import console, reports_errors
+from embedrag.cli._common import MAX_BATCH_TOKENS_HELP, PRECISION_HELP, console, reports_errors
 
 _SELECT = "Selection"
 _SOURCE = "Candidates"
@@ -68,6 +68,9 @@ def mine(
     num_processes: Annotated[int, typer.Option(
         "--num-processes", min=1, help="Encode in this many worker processes (one per GPU, or CPU processes).")
     ] = 1,
+    precision: Annotated[str, typer.Option("--precision", help=PRECISION_HELP)] = "auto",
+    max_batch_tokens: Annotated[int | None, typer.Option(
+        "--max-batch-tokens", min=1, help=MAX_BATCH_TOKENS_HELP, show_default=False)] = None,
     cache_dir: Annotated[Path | None, typer.Option(
         "--cache-dir", help="Corpus-embedding cache (shared with eval). [default: ~/.cache/embedrag/embeddings]",
         show_default=False)] = None,
@@ -92,7 +95,8 @@ def mine(
                         relative_margin=relative_margin or None, absolute_margin=absolute_margin,
                         strategy=strategy, score_formula=score_formula, positive_weight=positive_weight,
                         replace=replace, with_scores=with_scores, seed=seed, batch_size=batch_size,
-                        num_processes=num_processes).validate()
+                        num_processes=num_processes, precision=precision,
+                        max_batch_tokens=max_batch_tokens).validate()
     if output.is_dir():
         raise ConfigError(f"--output {output} is a folder; give a file name such as train.jsonl")
     if output.exists() and not overwrite:
@@ -102,7 +106,7 @@ def mine(
     if only_failing is not None:
         _only_failing(input, output, only_failing, model=model, beir=beir, split=split, candidates=candidates,
                       corpus=corpus, batch_size=batch_size, num_processes=num_processes,
-                      cache_dir=(cache_dir or default_cache_dir()) if cache else None, report=report)
+                      precision=precision, max_batch_tokens=max_batch_tokens, cache_dir=(cache_dir or default_cache_dir()) if cache else None, report=report)
         return
     from embedrag.engine.mine import mine as run_mine
 

@@ -197,6 +197,13 @@ def _rank(test_set: TestSet, query_vectors, corpus_vectors, doc_ids: list[str], 
     return run
 
 
+def cache_fingerprint(model_fp: str, precision: str) -> str:
+    """The embedding-cache key of a model's vectors in ``precision``: cached vectors are only
+    reused at the precision they were made in (fp32 keeps the key it always had, so existing
+    caches stay valid)."""
+    return model_fp if precision == "fp32" else hashlib.sha256(f"{model_fp}:{precision}".encode()).hexdigest()
+
+
 def evaluate_model(encoder: Encoder, test_set: TestSet, *, name: str, ks: Sequence[int],
                    batch_size: int = 64, cache: EmbeddingCache | None = None,
                    candidates: str = "all", per_query: bool = False,
@@ -211,9 +218,7 @@ def evaluate_model(encoder: Encoder, test_set: TestSet, *, name: str, ks: Sequen
     doc_ids = list(test_set.corpus)
     precision = resolve_precision(precision, encoder.device)
     model_fp = model_fingerprint(encoder)
-    # Cached vectors are only reused at the precision they were made in (fp32 keeps the
-    # key it always had, so existing caches stay valid).
-    cache_fp = model_fp if precision == "fp32" else hashlib.sha256(f"{model_fp}:{precision}".encode()).hexdigest()
+    cache_fp = cache_fingerprint(model_fp, precision)
     corpus_fp = test_set.corpus_fingerprint
     started = time.perf_counter()
     corpus_vectors = cache.load(cache_fp, corpus_fp, len(doc_ids))

@@ -24,7 +24,7 @@ import re
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -83,8 +83,12 @@ class MineConfig:
     seed: int = 42
     batch_size: int = 64
     num_processes: int = 1
+    precision: str = "auto"  # of the vectors mined with, as eval's --precision
+    max_batch_tokens: int | None = None
 
     def validate(self) -> MineConfig:
+        from embedrag.engine.encoder import PRECISION_CHOICES
+
         if self.negatives < 1:
             raise ConfigError(f"--negatives must be at least 1, got {self.negatives}")
         if self.range_start < 0 or self.range_end <= self.range_start:
@@ -102,6 +106,10 @@ class MineConfig:
             raise ConfigError(f"--batch-size must be positive, got {self.batch_size}")
         if self.num_processes < 1:
             raise ConfigError(f"--num-processes must be positive, got {self.num_processes}")
+        if self.precision not in PRECISION_CHOICES:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISION_CHOICES)}, got {self.precision!r}")
+        if self.max_batch_tokens is not None and self.max_batch_tokens < 1:
+            raise ConfigError(f"--max-batch-tokens must be positive, got {self.max_batch_tokens}")
         return self
 
 
@@ -248,19 +256,20 @@ def load_table_corpus(db: str | os.PathLike, table: str, encoder: Encoder) -> Co
 def _encode(encoder: Encoder, texts: Sequence[str], kind: str, config: MineConfig, label: str,
             progress: Progress | None) -> np.ndarray:
     return encoder.encode(list(texts), kind, batch_size=config.batch_size, num_processes=config.num_processes,
+                          precision=config.precision, max_batch_tokens=config.max_batch_tokens,
                           progress=(lambda done, total: progress(label, done, total)) if progress else None)
 
 
 def _corpus_vectors(encoder: Encoder, corpus: Corpus, config: MineConfig, cache_dir: Path | None,
                     progress: Progress | None) -> np.ndarray:
-    from embedrag.engine.evaluate import EmbeddingCache, model_fingerprint
+    from embedrag.engine.evaluate import EmbeddingCache, cache_fingerprint, model_fingerprint
 
     if corpus.vectors is not None:
         return corpus.vectors
     if cache_dir is None:
         return _encode(encoder, corpus.texts, "passage", config, "corpus", progress)
     cache = EmbeddingCache(cache_dir)
-    model_fp, corpus_fp = model_fingerprint(encoder), corpus.fingerprint
+    model_fp, corpus_fp = cache_fingerprint(model_fingerprint(encoder), config.precision), corpus.fingerprint
     vectors = cache.load(model_fp, corpus_fp, len(corpus.ids))
     if vectors is None:
         vectors = _encode(encoder, corpus.texts, "passage", config, "corpus", progress)
@@ -315,7 +324,11 @@ def mine_examples(
     the report."""
     import numpy as np
 
+    from embedrag.engine.encoder import resolve_precision
+
     config = (config or MineConfig()).validate()
+    # Resolved once, so the cache key and the report name the precision actually used.
+    config = replace(config, precision=resolve_precision(config.precision, encoder.device))
     started = time.perf_counter()
     usable = [e for e in examples if e.pos]
     skipped = len(examples) - len(usable)
@@ -538,11 +551,13 @@ def select_failing(
     cache_dir: str | os.PathLike | None = None,
     progress: Progress | None = None,
     num_processes: int = 1,
+    precision: str = "auto",
+    max_batch_tokens: int | None = None,
 ) -> tuple[list[Example], FailingReport]:
     """The lines whose positive is not in the model's top ``k``: among the line's own pos +
     neg (``per-query``, eval's ``--candidates per-query``) or over ``corpus`` (``all``; the
     lines' pooled passages when None). Ranked by eval's code, so a line is kept exactly
-    when eval gives it hit@k = 0."""
+    when eval (at the same ``precision``) gives it hit@k = 0."""
     from embedrag.engine.evaluate import EmbeddingCache, evaluate_model
     from embedrag.engine.testsets import testset_from_examples
 
@@ -562,7 +577,8 @@ def select_failing(
     result = evaluate_model(encoder, test_set, name="model", ks=ks, batch_size=batch_size,
                             cache=EmbeddingCache(Path(cache_dir) if cache_dir else None),
                             candidates="all" if candidates == "all" else "per-query", per_query=True,
-                            progress=progress, num_processes=num_processes)
+                            progress=progress, num_processes=num_processes, precision=precision,
+                            max_batch_tokens=max_batch_tokens)
     assert result.per_query is not None
     kept = [example for example, qid in zip(usable, test_set.qrels) if result.per_query[qid][f"hit@{k}"] == 0]
     accuracy = {f"top{cut}": result.metrics[f"hit@{cut}"] for cut in ks}
@@ -586,6 +602,8 @@ def only_failing(
     device: str | None = None,
     progress: Progress | None = None,
     num_processes: int = 1,
+    precision: str = "auto",
+    max_batch_tokens: int | None = None,
 ) -> FailingReport:
     """Write the lines of ``input`` (or a BEIR split) whose positive the model does not rank
     in its top ``k`` to ``output``: the second-stage "hard example" training set."""
@@ -599,7 +617,8 @@ def only_failing(
     pool = load_corpus(corpus) if corpus is not None else own_corpus
     kept, report = select_failing(examples, encoder, k, candidates=candidates, corpus=pool,
                                   batch_size=batch_size, cache_dir=cache_dir, progress=progress,
-                                  num_processes=num_processes)
+                                  num_processes=num_processes, precision=precision,
+                                  max_batch_tokens=max_batch_tokens)
     report.input = label
     if output is not None:
         report.output = str(write_lines([_example_line(e) for e in kept], output))
