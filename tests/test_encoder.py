@@ -207,3 +207,21 @@ def test_long_texts_tokenize_as_if_whole(model_fixture, request):
         reference = encoder.tokenizer([encoder.instruction(kind) + t for t in LONG_TEXTS], truncation=True,
                                       max_length=encoder.max_length(kind))["input_ids"]
         assert ids == reference
+
+
+def test_decoders_encode_without_a_kv_cache_and_the_same_vectors(tiny_qwen2, monkeypatch):
+    import embedrag.engine.encoder as encoder_module
+
+    encoder = Encoder.load(tiny_qwen2, device="cpu")
+    caches = []
+    hook = encoder.model.register_forward_hook(lambda module, args, output: caches.append(output.past_key_values))
+    try:
+        vectors = encoder.encode(MIXED_TEXTS)
+        assert caches and all(cache is None for cache in caches)
+        caches.clear()
+        monkeypatch.setattr(encoder_module, "_keeps_a_kv_cache", lambda model: False)
+        with_cache = encoder.encode(MIXED_TEXTS)
+    finally:
+        hook.remove()
+    assert caches and all(cache is not None for cache in caches)  # what the default forward builds
+    np.testing.assert_allclose(vectors, with_cache, atol=1e-6)

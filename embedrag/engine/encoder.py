@@ -444,12 +444,27 @@ def embed_batch(model: torch.nn.Module, batch: dict[str, torch.Tensor], pooling:
 
     from embedrag.engine.pooling import pool
 
-    output = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    options = {"use_cache": False} if _keeps_a_kv_cache(model) else {}
+    output = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **options)
     hidden = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
     vectors = pool(hidden, batch["attention_mask"], pooling)
     if normalize:
         vectors = F.normalize(vectors.float(), p=2, dim=-1)
     return vectors
+
+
+def _keeps_a_kv_cache(model: torch.nn.Module) -> bool:
+    """Whether ``model`` (bare, PEFT- or DDP-wrapped) would build a key/value cache in its
+    forward: decoders do by default. An embedder never reuses it, so it only costs memory,
+    and with gradient checkpointing transformers warns each run that it turns it off."""
+    import inspect
+
+    inner = getattr(model, "module", model)
+    if hasattr(inner, "get_base_model"):
+        inner = inner.get_base_model()
+    if not getattr(getattr(inner, "config", None), "use_cache", False):
+        return False
+    return "use_cache" in inspect.signature(inner.forward).parameters
 
 
 @contextlib.contextmanager
