@@ -36,7 +36,8 @@ def test_empty_input_and_progress(tiny_bert):
     encoder = Encoder.load(tiny_bert, device="cpu")
     assert encoder.encode([]).shape == (0, 32)
     seen = []
-    encoder.encode(MIXED_TEXTS, batch_size=3, progress=lambda done, total: seen.append((done, total)))
+    encoder.encode(MIXED_TEXTS, batch_size=3, batch_workers=1,
+                   progress=lambda done, total: seen.append((done, total)))
     assert seen == [(3, 8), (6, 8), (8, 8)]
 
 
@@ -225,3 +226,66 @@ def test_decoders_encode_without_a_kv_cache_and_the_same_vectors(tiny_qwen2, mon
         hook.remove()
     assert caches and all(cache is not None for cache in caches)  # what the default forward builds
     np.testing.assert_allclose(vectors, with_cache, atol=1e-6)
+
+
+def _slow_forward_threads(encoder, seen, fail_on_rows=None):
+    """A forward hook that records which thread ran each batch and makes each batch last
+    long enough for every worker thread to take one."""
+    import threading
+    import time
+
+    def hook(module, args, kwargs, output):
+        time.sleep(0.02)
+        seen.append(threading.get_ident())
+        if fail_on_rows is not None and kwargs["input_ids"].shape[0] == fail_on_rows:
+            raise RuntimeError("batch failed")
+
+    return encoder.model.register_forward_hook(hook, with_kwargs=True)
+
+
+def test_batches_in_threads_give_the_same_vectors_in_each_precision(tiny_bert):
+    import threading
+
+    import torch
+
+    encoder = Encoder.load(tiny_bert, device="cpu")
+    threads_before = torch.get_num_threads()
+    texts = MIXED_TEXTS * 3
+    seen, progress = [], []
+    hook = _slow_forward_threads(encoder, seen)
+    try:
+        threaded = encoder.encode(texts, batch_size=2, batch_workers=2,
+                                  progress=lambda done, total: progress.append((done, total)))
+        assert len(set(seen)) == 2 and threading.get_ident() not in seen
+        seen.clear()
+        one_at_a_time = encoder.encode(texts, batch_size=2, batch_workers=1)
+        assert set(seen) == {threading.get_ident()}
+        bf16_threaded = encoder.encode(texts, batch_size=2, batch_workers=2, precision="bf16")
+        bf16_one = encoder.encode(texts, batch_size=2, batch_workers=1, precision="bf16")
+    finally:
+        hook.remove()
+    np.testing.assert_allclose(threaded, one_at_a_time, atol=1e-6)
+    # autocast is per-thread state: the worker threads must really have run in bf16
+    assert np.abs(bf16_threaded - threaded).max() > 5e-6
+    np.testing.assert_allclose(bf16_threaded, bf16_one, atol=1e-6)
+    assert [done for done, _ in progress] == sorted(done for done, _ in progress)
+    assert progress[-1] == (len(texts), len(texts)) and len(progress) == len(texts) // 2
+    assert torch.get_num_threads() == threads_before
+    with pytest.raises(ConfigError, match="batch workers"):
+        encoder.encode(texts, batch_workers=0)
+
+
+def test_a_failing_batch_in_a_thread_is_raised_and_threads_restored(tiny_bert):
+    import torch
+
+    encoder = Encoder.load(tiny_bert, device="cpu")
+    threads_before = torch.get_num_threads()
+    seen = []
+    hook = _slow_forward_threads(encoder, seen, fail_on_rows=1)  # the last, odd-sized batch
+    try:
+        with pytest.raises(RuntimeError, match="batch failed"):
+            encoder.encode(MIXED_TEXTS * 3 + ["one more"], batch_size=2, batch_workers=2)
+    finally:
+        hook.remove()
+    assert torch.get_num_threads() == threads_before
+    assert not encoder.model.training
