@@ -289,3 +289,14 @@ def test_a_failing_batch_in_a_thread_is_raised_and_threads_restored(tiny_bert):
         hook.remove()
     assert torch.get_num_threads() == threads_before
     assert not encoder.model.training
+
+
+def test_default_batch_workers_share_every_thread_in_equal_groups():
+    from embedrag.engine.encoder import MAX_DEFAULT_BATCH_WORKERS, default_batch_workers
+
+    for threads in range(1, 130):
+        workers = default_batch_workers(threads)
+        assert 1 <= workers <= min(threads, MAX_DEFAULT_BATCH_WORKERS)
+        per_worker = threads // workers
+        assert threads - workers * per_worker < per_worker or workers == threads  # few threads left idle
+    assert [default_batch_workers(t) for t in (1, 2, 8, 12, 64)] == [1, 2, 8, 6, 8]

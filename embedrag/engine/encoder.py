@@ -308,8 +308,8 @@ class Encoder:
         ``progress(done, total)`` is called after every batch. ``num_processes`` > 1
         spreads the work over worker processes (one per GPU, or CPU processes sharing the
         cores). On a CPU, ``batch_workers`` batches run at once, each on its share of the
-        torch threads (``None``: one per torch thread; ``1``: one batch at a time on all of
-        them; see :func:`run_batches_in_threads`)."""
+        torch threads (``None``: :func:`default_batch_workers`, one per thread; ``1``: one
+        batch at a time on all of them; see :func:`run_batches_in_threads`)."""
         import numpy as np
         import torch
 
@@ -364,7 +364,7 @@ class Encoder:
 
         # bitsandbytes' CPU kernels may rewrite a quantized model's weights during a forward.
         threaded = device_type == "cpu" and not getattr(self.model, "is_quantized", False)
-        workers = min(len(spans), batch_workers or torch.get_num_threads()) if threaded else 1
+        workers = min(len(spans), batch_workers or default_batch_workers(torch.get_num_threads())) if threaded else 1
         was_training = self.model.training
         self.model.eval()
         try:
@@ -431,6 +431,17 @@ class Encoder:
 # The budget is in bytes of that activation, so wider models get fewer tokens.
 CPU_BATCH_ACTIVATION_BYTES = 12 * 2**20
 MIN_BATCH_TOKENS = 256
+# Concurrent batches by default: one per torch thread up to this many. Beyond it threads are
+# grouped per batch, so that Python's op dispatch (under the GIL) never has dozens of
+# threads queueing for it; measured only on 2 cores so far.
+MAX_DEFAULT_BATCH_WORKERS = 8
+
+
+def default_batch_workers(threads: int) -> int:
+    """How many batches to run at once on ``threads`` CPU torch threads: one per thread, or,
+    past :data:`MAX_DEFAULT_BATCH_WORKERS`, as many equal groups of threads as fit."""
+    per_worker = -(-max(1, threads) // MAX_DEFAULT_BATCH_WORKERS)
+    return max(1, threads // per_worker)
 
 
 def default_batch_tokens(model_config: Any, device: Any = "cpu") -> int | None:
