@@ -12,8 +12,9 @@ docs of ``corpus.jsonl`` built as embedrag builds them (``read_beir_corpus``:
 for both (embedrag also caps a batch at its CPU default token budget,
 ``default_batch_tokens``: 2,048 padded tokens for MiniLM); sentence-transformers is timed
 a second time at the batch size whose full-length batches hold that budget (8 at 256
-tokens), which shows how much of the gain a hand-tuned batch size gives it too; torch
-threads are set explicitly; every configuration is warmed up before timing,
+tokens), which shows how much of the gain a hand-tuned batch size gives it too; embedrag
+runs at its defaults, which on a CPU include one batch per torch thread at once
+(``batch_workers``); torch threads are set explicitly; every configuration is warmed up before timing,
 then timed ``--repeats`` times with the order rotated each repeat (median reported);
 ``--chunk N`` interleaves them every N passages instead (each configuration encodes the
 same chunk in turn), which keeps the ratios fair when other work shares the CPU. Times
