@@ -106,7 +106,8 @@ def mine(
     if only_failing is not None:
         _only_failing(input, output, only_failing, model=model, beir=beir, split=split, candidates=candidates,
                       corpus=corpus, batch_size=batch_size, num_processes=num_processes,
-                      precision=precision, max_batch_tokens=max_batch_tokens, cache_dir=(cache_dir or default_cache_dir()) if cache else None, report=report)
+                      precision=precision, max_batch_tokens=max_batch_tokens,
+                      cache_dir=(cache_dir or default_cache_dir()) if cache else None, report=report)
         return
     from embedrag.engine.mine import mine as run_mine
 

@@ -480,8 +480,8 @@ def run_batches_in_threads(spans: Sequence[tuple[int, int]], run: Callable[[int,
     torch threads shared out among them, then ``finished(start, stop)`` one call at a time.
 
     On a CPU one batch per core beats one batch spread over every core: each op of a small
-    model is too short to split well (SciFact with all-MiniLM-L6-v2 on 2 cores: bf16 1.2x,
-    fp32 1.03x the passages/s). Torch releases the GIL inside ops, so Python threads run in
+    model is too short to split well (SciFact with all-MiniLM-L6-v2 on 2 cores: bf16
+    1.1-1.2x, fp32 1.03-1.08x the passages/s). Torch releases the GIL inside ops, so Python threads run in
     parallel. ``context()`` is entered in each thread (inference mode and autocast are
     per-thread state). The torch thread count is process-wide: it is restored on return.
     A failure in any thread stops the others after their current batch and is re-raised."""
@@ -540,14 +540,19 @@ def _keeps_a_kv_cache(model: torch.nn.Module) -> bool:
     """Whether ``model`` (bare, PEFT- or DDP-wrapped) would build a key/value cache in its
     forward: decoders do by default. An embedder never reuses it, so it only costs memory,
     and with gradient checkpointing transformers warns each run that it turns it off."""
-    import inspect
-
     inner = getattr(model, "module", model)
     if hasattr(inner, "get_base_model"):
         inner = inner.get_base_model()
     if not getattr(getattr(inner, "config", None), "use_cache", False):
         return False
-    return "use_cache" in inspect.signature(inner.forward).parameters
+    return _forward_takes_use_cache(type(inner))
+
+
+@functools.cache
+def _forward_takes_use_cache(model_class: type) -> bool:
+    import inspect
+
+    return "use_cache" in inspect.signature(model_class.forward).parameters
 
 
 @contextlib.contextmanager

@@ -234,7 +234,8 @@ def evaluate_model(encoder: Encoder, test_set: TestSet, *, name: str, ks: Sequen
     query_ids = list(test_set.qrels)
     query_vectors = encoder.encode(
         [test_set.queries[q] for q in query_ids], "query", batch_size=batch_size, precision=precision,
-        max_batch_tokens=max_batch_tokens, progress=(lambda done, total: progress(f"{name}: queries", done, total)) if progress else None)
+        max_batch_tokens=max_batch_tokens,
+        progress=(lambda done, total: progress(f"{name}: queries", done, total)) if progress else None)
     query_seconds = time.perf_counter() - started
     started = time.perf_counter()
     run = _rank(test_set, query_vectors, corpus_vectors, doc_ids, max(ks), candidates)
