@@ -91,6 +91,23 @@ def tiny_qwen2(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
+def batch_budgets(monkeypatch) -> list:
+    """The token budget (``max_tokens``) of every batching an ``Encoder.encode`` call did,
+    in call order: shows that an option reached the encoder."""
+    import embedrag.engine.encoder as encoder_module
+
+    budgets = []
+    batches = encoder_module.length_sorted_batches
+
+    def recording(lengths, batch_size, max_tokens):
+        budgets.append(max_tokens)
+        return batches(lengths, batch_size, max_tokens)
+
+    monkeypatch.setattr(encoder_module, "length_sorted_batches", recording)
+    return budgets
+
+
+@pytest.fixture
 def copy_model(tmp_path):
     """Copy a session model folder before a test mutates it."""
 

@@ -200,17 +200,9 @@ def test_table_without_the_judged_passages_is_one_error(tiny_bert, tmp_path, jso
         evaluate_table(load_jsonl_testset(jsonl_set), tmp_path / "db", "docs")
 
 
-def test_cli_max_batch_tokens_reaches_every_encode_and_keeps_the_scores(tiny_bert, jsonl_set, tmp_path, monkeypatch):
-    import embedrag.engine.encoder as encoder_module
-
-    budgets = []
-    batches = encoder_module.length_sorted_batches
-
-    def recording(lengths, batch_size, max_tokens):
-        budgets.append(max_tokens)
-        return batches(lengths, batch_size, max_tokens)
-
-    monkeypatch.setattr(encoder_module, "length_sorted_batches", recording)
+def test_cli_max_batch_tokens_reaches_every_encode_and_keeps_the_scores(tiny_bert, jsonl_set, tmp_path,
+                                                                       batch_budgets):
+    budgets = batch_budgets
     reports = {}
     for name, extra in (("default", []), ("capped", ["--max-batch-tokens", "16"])):
         result = runner.invoke(app, ["eval", "--test-dataset", str(jsonl_set), "--model", str(tiny_bert),

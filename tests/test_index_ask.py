@@ -152,16 +152,11 @@ def sample_db(tiny_bert, tmp_path_factory):
 
 
 
-def test_index_max_batch_tokens_reaches_the_encoder_and_keeps_the_vectors(tiny_bert, tmp_path, monkeypatch):
+def test_index_max_batch_tokens_reaches_the_encoder_and_keeps_the_vectors(tiny_bert, tmp_path, batch_budgets):
     import lancedb
     import numpy as np
 
-    import embedrag.engine.encoder as encoder_module
-
-    budgets = []
-    batches = encoder_module.length_sorted_batches
-    monkeypatch.setattr(encoder_module, "length_sorted_batches", lambda lengths, size, max_tokens: (
-        budgets.append(max_tokens), batches(lengths, size, max_tokens))[1])
+    budgets = batch_budgets
     sample = str(REPO / "datasets" / "sample_data.jsonl")
     vectors = {}
     for name, extra in (("default", []), ("capped", ["--max-batch-tokens", "12"])):
