@@ -307,8 +307,10 @@ def test_mining_precision_is_used_recorded_and_cached_apart(tiny_bert, tmp_path)
     auto = resolve_precision("auto")
     assert [r.config["precision"] for r in reports] == ["fp32", "bf16", "bf16", auto]
     assert [r.config["max_batch_tokens"] for r in reports] == [512] * 4
-    # each precision embeds the corpus once; a rerun (or auto naming the same one) reads the cache
-    assert corpus_encodes == ["fp32", "bf16"] + ([] if auto == "bf16" else [auto])
+    # each precision embeds the corpus once; a rerun, or auto (bf16 where native, else fp32:
+    # a precision already cached either way), reads the cache
+    assert auto in ("fp32", "bf16")
+    assert corpus_encodes == ["fp32", "bf16"]
     assert len(list((tmp_path / "cache").rglob("*.npy"))) == len(set(corpus_encodes))
 
 

@@ -26,6 +26,27 @@ def _parse_ks(value: str) -> list[int]:
         raise ConfigError(f"--k must be comma-separated integers, got {value!r}") from exc
 
 
+def _significance_table(report, metrics: list[str]) -> Table:
+    """Each model after the baseline, metric by metric: is the gain more than chance?"""
+    from embedrag.engine.significance import DEFAULT_RESAMPLES, DEFAULT_SEED, format_pvalue
+
+    baseline = report.models[0]
+    table = Table(title=f"vs {escape(baseline.name)}, paired over {len(baseline.per_query)} queries "
+                        f"(randomization test: {DEFAULT_RESAMPLES:,} sign flips, seed {DEFAULT_SEED}; t-test)",
+                  title_justify="left")
+    for column in ("model", "metric", "gain", "p (perm.)", "p (t)", "wins/ties/losses"):
+        table.add_column(column, justify="left" if column in ("model", "metric") else "right")
+    for model in report.models[1:]:
+        for metric in metrics:
+            c = report.comparison(model, metric)
+            colour = "green" if c.gain > 0 else "red" if c.gain < 0 else "dim"
+            p = format_pvalue(c.p_permutation)
+            table.add_row(escape(model.name), metric, f"[{colour}]{c.gain:+.4f}[/]",
+                          f"[bold]{p}[/]" if c.significant else p, format_pvalue(c.p_ttest),
+                          f"{c.wins}/{c.ties}/{c.losses}")
+    return table
+
+
 def _table(report, metrics: list[str]) -> Table:
     baseline = report.models[0]
     table = Table(title=f"{escape(report.test_set['name'])}: {report.test_set['queries']} queries, "
@@ -41,7 +62,8 @@ def _table(report, metrics: list[str]) -> Table:
             if model is not baseline:
                 gain = report.gain(model, metric)
                 colour = "green" if gain > 0 else "red" if gain < 0 else "dim"
-                value += f" [{colour}]({gain:+.4f})[/]"
+                mark = "*" if report.comparison(model, metric).significant else ""
+                value += f" [{colour}]({gain:+.4f}{mark})[/]"
             cells.append(value)
         speed = ("-" if model.passages_per_second is None and report.candidates == "table"
                  else "cached" if model.corpus_cached else f"{model.passages_per_second:.1f}")
@@ -57,7 +79,8 @@ def eval_command(
     split: Annotated[str, typer.Option(help="BEIR qrels split.")] = "test",
     model: Annotated[list[str] | None, typer.Option(
         "--model", "-m", help="NAME=PATH (repeatable; the first is the baseline). PATH: a model folder, "
-        "hub id or a training final/ adapter. [default: all-MiniLM-L6-v2]", show_default=False)] = None,
+        "hub id, a training final/ adapter, or 'bm25' (a BM25 baseline over the same corpus). "
+        "[default: all-MiniLM-L6-v2]", show_default=False)] = None,
     k: Annotated[str, typer.Option("--k", help="Cut-offs, comma-separated.")] = "1,3,5,10,100",
     candidates: Annotated[str, typer.Option(
         help="'all': rank the whole corpus; 'per-query': only each JSONL line's own pos + neg "
@@ -110,7 +133,7 @@ def eval_command(
             raise ConfigError("--db evaluates the table's own model: pass at most one --model")
         spec = model[0].split("=", 1)[-1] if model else None
         with console.status(f"searching {table}..."):
-            report = evaluate_table(test_set, db, table, ks=ks, model=spec, hybrid=hybrid, per_query=per_query)
+            report = evaluate_table(test_set, db, table, ks=ks, model=spec, hybrid=hybrid)
         _finish(report, shown, output, per_query, plot)
         return
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -124,7 +147,7 @@ def eval_command(
 
         report = evaluate(test_set, model or ["all-MiniLM-L6-v2"], ks=ks, batch_size=batch_size,
                           cache_dir=cache_dir, use_cache=cache, candidates=candidates,
-                          per_query=per_query, max_length=max_length, progress=progress,
+                          max_length=max_length, progress=progress,
                           num_processes=num_processes, precision=precision, max_batch_tokens=max_batch_tokens)
     _finish(report, shown, output, per_query, plot)
 
@@ -133,6 +156,9 @@ def _finish(report, shown: list[str], output: Path | None, per_query: bool, plot
     from embedrag.engine.evaluate import plot_report
 
     console.print(_table(report, shown))
+    if len(report.models) > 1:
+        console.print(_significance_table(report, shown))
+        console.print("[dim]* p < 0.05 in the paired randomization (permutation) test[/]")
     console.print(f"[dim]{report.seconds:.1f} s[/]")
     if output:
         console.print(f"report: {escape(str(report.save(output, per_query=per_query)))}")

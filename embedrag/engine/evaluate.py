@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from embedrag.engine.errors import ConfigError, DataError
+from embedrag.engine.lexical import BM25_MODEL
 from embedrag.engine.metrics import DEFAULT_KS, check_ks, evaluate_run
 from embedrag.engine.testsets import TestSet
 
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from embedrag.engine.encoder import Encoder
+    from embedrag.engine.significance import PairedComparison
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +61,7 @@ class ModelResult:
     model: str
     fingerprint: str
     metrics: dict[str, float]
-    per_query: dict[str, dict[str, float]] | None
+    per_query: dict[str, dict[str, float]]
     corpus_cached: bool
     corpus_seconds: float
     passages_per_second: float | None
@@ -77,23 +79,40 @@ class EvaluationReport:
     candidates: str
     models: list[ModelResult]
     seconds: float
+    _comparisons: dict[tuple[str, str], PairedComparison] = field(default_factory=dict, repr=False)
 
     def gain(self, model: ModelResult, metric: str) -> float:
         """Absolute gain of ``model`` over the baseline on ``metric``."""
         return model.metrics[metric] - self.models[0].metrics[metric]
 
+    def comparison(self, model: ModelResult, metric: str) -> PairedComparison:
+        """``model`` against the baseline on ``metric``: paired permutation test and
+        t-test over the per-query scores, wins/ties/losses (see ``significance``)."""
+        from embedrag.engine.significance import compare
+
+        key = (model.name, metric)
+        if key not in self._comparisons:
+            self._comparisons[key] = compare(metric, self.models[0].per_query, model.per_query)
+        return self._comparisons[key]
+
     def to_dict(self, per_query: bool = False) -> dict[str, Any]:
         models = []
-        for result in self.models:
+        for index, result in enumerate(self.models):
             row = asdict(result)
             if not per_query:
                 row.pop("per_query")
             row["gain_over_baseline"] = {k: self.gain(result, k) for k in result.metrics}
+            if index:
+                row["significance_vs_baseline"] = {k: self.comparison(result, k).to_dict()
+                                                   for k in result.metrics}
             models.append(row)
         from embedrag import __version__
+        from embedrag.engine.significance import DEFAULT_RESAMPLES, DEFAULT_SEED
 
         return {"embedrag_version": __version__, "test_set": self.test_set, "ks": list(self.ks),
                 "candidates": self.candidates, "baseline": self.models[0].name,
+                "significance": {"tests": ["paired randomization (sign-flip), two-sided", "paired t-test"],
+                                 "resamples": DEFAULT_RESAMPLES, "seed": DEFAULT_SEED},
                 "seconds": round(self.seconds, 3), "models": models}
 
     def save(self, path: str | os.PathLike, per_query: bool = False) -> Path:
@@ -206,7 +225,7 @@ def cache_fingerprint(model_fp: str, precision: str) -> str:
 
 def evaluate_model(encoder: Encoder, test_set: TestSet, *, name: str, ks: Sequence[int],
                    batch_size: int = 64, cache: EmbeddingCache | None = None,
-                   candidates: str = "all", per_query: bool = False,
+                   candidates: str = "all",
                    progress: Progress | None = None, num_processes: int = 1,
                    precision: str = "fp32", max_batch_tokens: int | None = None) -> ModelResult:
     """Score one loaded model on a test set, encoding in ``precision`` (``auto``: bf16
@@ -244,7 +263,7 @@ def evaluate_model(encoder: Encoder, test_set: TestSet, *, name: str, ks: Sequen
     config = encoder.config
     return ModelResult(
         name=name, model=encoder.name, fingerprint=model_fp, metrics=scores.mean,
-        per_query=scores.per_query if per_query else None, corpus_cached=cached,
+        per_query=scores.per_query, corpus_cached=cached,
         corpus_seconds=round(corpus_seconds, 3),
         passages_per_second=None if cached else len(doc_ids) / max(corpus_seconds, 1e-9),
         query_seconds=round(query_seconds, 3), search_seconds=round(search_seconds, 3),
@@ -264,7 +283,6 @@ def evaluate(
     cache_dir: str | os.PathLike | None = None,
     use_cache: bool = True,
     candidates: str = "all",
-    per_query: bool = False,
     max_length: int | None = None,
     device: str | None = None,
     progress: Progress | None = None,
@@ -298,15 +316,58 @@ def evaluate(
     started = time.perf_counter()
     results = []
     for spec in specs:
+        if spec.path == BM25_MODEL:
+            results.append(evaluate_bm25(test_set, name=spec.name, ks=ks, candidates=candidates,
+                                         progress=progress))
+            continue
         lengths = {"query_max_length": max_length, "passage_max_length": max_length} if max_length else {}
         encoder = Encoder.load(spec.path, device=device, **lengths)
         results.append(evaluate_model(encoder, test_set, name=spec.name, ks=ks, batch_size=batch_size,
-                                      cache=cache, candidates=candidates, per_query=per_query,
+                                      cache=cache, candidates=candidates,
                                       progress=progress, num_processes=num_processes, precision=precision,
                                       max_batch_tokens=max_batch_tokens))
         del encoder
     return EvaluationReport(test_set=test_set.describe(), ks=ks, candidates=candidates, models=results,
                             seconds=time.perf_counter() - started)
+
+
+def evaluate_bm25(test_set: TestSet, *, name: str = BM25_MODEL, ks: Sequence[int] = DEFAULT_KS,
+                  candidates: str = "all", progress: Progress | None = None) -> ModelResult:
+    """Score BM25 (``lexical.BM25Ranker``) on a test set: the lexical baseline a tuned
+    dense model should beat. Passages sharing no term with a query are not retrieved."""
+    import numpy as np
+
+    from embedrag.engine.lexical import K1, B, BM25Ranker
+    from embedrag.engine.metrics import rank_docs
+
+    doc_ids = list(test_set.corpus)
+    started = time.perf_counter()
+    ranker = BM25Ranker([test_set.corpus[d] for d in doc_ids])
+    index_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    row_of = {doc_id: i for i, doc_id in enumerate(doc_ids)}
+    depth = max(ks)
+    query_ids = list(test_set.qrels)
+    run: dict[str, dict[str, float]] = {}
+    for done, qid in enumerate(query_ids, start=1):
+        scores = ranker.scores(test_set.queries[qid])
+        if candidates == "per-query":
+            rows = [row_of[d] for d in test_set.candidates.get(qid, [])]
+        else:
+            rows = np.flatnonzero(scores).tolist()
+        found = {doc_ids[r]: float(scores[r]) for r in rows if scores[r] > 0}
+        run[qid] = {d: found[d] for d in rank_docs(found, depth)}
+        if progress:
+            progress(f"{name}: queries", done, len(query_ids))
+    search_seconds = time.perf_counter() - started
+    scores = evaluate_run(test_set.qrels, run, ks=ks)
+    return ModelResult(
+        name=name, model=BM25_MODEL, fingerprint=hashlib.sha256(f"bm25:{K1}:{B}".encode()).hexdigest(),
+        metrics=scores.mean, per_query=scores.per_query, corpus_cached=False,
+        corpus_seconds=round(index_seconds, 3), passages_per_second=len(doc_ids) / max(index_seconds, 1e-9),
+        query_seconds=0.0, search_seconds=round(search_seconds, 3),
+        settings={"method": "bm25 (lucene)", "k1": K1, "b": B,
+                  "analyzer": "casefold, 33 English stopwords, Snowball English stemmer, CJK per character"})
 
 
 def plot_report(report: EvaluationReport, metrics: Sequence[str], path: str | os.PathLike) -> Path:
@@ -321,17 +382,23 @@ def plot_report(report: EvaluationReport, metrics: Sequence[str], path: str | os
     path = Path(path)
     width = 0.8 / len(report.models)
     figure, axes = plt.subplots(figsize=(min(14.0, 2.5 + len(metrics) * (0.6 + 0.25 * len(report.models))), 5.0))
+    from embedrag.engine.significance import format_pvalue
+
     for index, model in enumerate(report.models):
         values = [model.metrics[m] for m in metrics]
         positions = [i + (index - (len(report.models) - 1) / 2) * width for i in range(len(metrics))]
         bars = axes.bar(positions, values, width, label=model.name)
-        axes.bar_label(bars, fmt="%.3f", fontsize=6, padding=2, rotation=90)
+        # After the baseline, each bar also says whether its difference is more than chance.
+        labels = [f"{v:.3f}" if not index else f"{v:.3f} {format_pvalue(report.comparison(model, m).p_permutation)}"
+                  for v, m in zip(values, metrics)]
+        axes.bar_label(bars, labels=labels, fontsize=6, padding=2, rotation=90)
     axes.set_xticks(range(len(metrics)), metrics)
-    axes.set_ylim(0, min(1.12, max(m.metrics[k] for m in report.models for k in metrics) * 1.18 + 0.02))
+    axes.set_ylim(0, min(1.3, max(m.metrics[k] for m in report.models for k in metrics) * 1.3 + 0.02))
     axes.set_ylabel("score")
     test = report.test_set
     axes.set_title(f"{test['name']}" + (f" ({test['split']})" if test.get("split") else "")
-                   + f": {test['queries']} queries, {test['corpus']} passages")
+                   + f": {test['queries']} queries, {test['corpus']} passages"
+                   + (f"; p: paired randomization test vs {report.models[0].name}" if len(report.models) > 1 else ""))
     axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=min(len(report.models), 4),
                 fontsize=8, frameon=False)
     axes.grid(axis="y", alpha=0.3)
@@ -351,7 +418,6 @@ def evaluate_table(
     name: str | None = None,
     model: str | None = None,
     hybrid: bool = False,
-    per_query: bool = False,
     device: str | None = None,
 ) -> EvaluationReport:
     """Evaluate retrieval from an indexed LanceDB table with the model that built it.
@@ -379,7 +445,7 @@ def evaluate_table(
     label = name or f"{table}{' (hybrid)' if hybrid else ''}"
     result = ModelResult(
         name=label, model=retriever.settings.model, fingerprint=retriever.settings.fingerprint,
-        metrics=scores.mean, per_query=scores.per_query if per_query else None, corpus_cached=True,
+        metrics=scores.mean, per_query=scores.per_query, corpus_cached=True,
         corpus_seconds=0.0, passages_per_second=None, query_seconds=round(seconds, 3), search_seconds=0.0,
         settings={"db": str(db), "table": table, "hybrid": hybrid,
                   "ann_index": retriever.index_type})

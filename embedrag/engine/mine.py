@@ -576,10 +576,9 @@ def select_failing(
     ks = sorted({1, 3, 5, k})
     result = evaluate_model(encoder, test_set, name="model", ks=ks, batch_size=batch_size,
                             cache=EmbeddingCache(Path(cache_dir) if cache_dir else None),
-                            candidates="all" if candidates == "all" else "per-query", per_query=True,
+                            candidates="all" if candidates == "all" else "per-query",
                             progress=progress, num_processes=num_processes, precision=precision,
                             max_batch_tokens=max_batch_tokens)
-    assert result.per_query is not None
     kept = [example for example, qid in zip(usable, test_set.qrels) if result.per_query[qid][f"hit@{k}"] == 0]
     accuracy = {f"top{cut}": result.metrics[f"hit@{cut}"] for cut in ks}
     report = FailingReport(input="", output=None, candidates=candidates, k=k, lines=len(usable), kept=len(kept),
