@@ -166,7 +166,7 @@ def test_gradient_checkpointing_still_trains_lora(tiny_qwen2, toy_data, tmp_path
     ({"quantization_bits": 3}, "must be 4 or 8"),
     ({"batch_size": 0}, "--batch-size must be positive"),
     ({"temperature": 0.0}, "--temperature must be positive"),
-    ({"early_stopping_patience": 2}, "needs --eval-dataset"),
+    ({"early_stopping_patience": 2, "auto_validation": False}, "needs --eval-dataset"),
     ({"finetune_type": "adapter"}, "--finetune-type must be one of"),
 ])
 def test_impossible_options_are_config_errors(overrides, message, tmp_path):

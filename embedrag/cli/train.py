@@ -59,6 +59,12 @@ def _progress_callback():
                 f"{info['device']} x{info['processes']}: {info['examples']} examples, "
                 f"{info['total_steps']} steps ({info['steps_per_epoch']}/epoch), "
                 f"{trainable:,} of {total:,} parameters trainable ({100 * trainable / max(total, 1):.2f}%)")
+            split = info.get("validation_split")
+            if split and split.get("queries"):
+                console.print(f"validation: {split['queries']} of {split['of_queries']} training queries held "
+                              f"out, ranked over {split['pool']:,} passages ({escape(split['pool_source'])})")
+            elif split:
+                console.print(f"[yellow]{escape(split['skipped_reason'])}[/]")
             self.progress.start()
             self.task = self.progress.add_task("train", total=info["total_steps"],
                                                completed=info["start_step"], epoch="-", loss="-",
@@ -106,7 +112,8 @@ def _summary_table(result) -> Table:
                               f"{best.get('step')} -> {escape(str(result.best_dir))}")
     if result.stopped_early:
         table.add_row("stopped early", "yes")
-    table.add_row("final model", escape(str(result.final_dir)))
+    final_is = (summary.get("validation") or {}).get("final_model")
+    table.add_row("final model", escape(str(result.final_dir)) + (f" ({final_is})" if final_is else ""))
     return table
 
 
@@ -123,6 +130,20 @@ def train(
         "nDCG/Recall/MRR@10 each epoch, best model kept.", rich_help_panel=_DATA)] = None,
     eval_split: Annotated[str, typer.Option(
         "--eval-split", help="qrels split when --eval-dataset is a BEIR folder.", rich_help_panel=_DATA)] = "test",
+    auto_validation: Annotated[bool, typer.Option(
+        "--auto-validation/--no-auto-validation", help="Without --eval-dataset: hold out 5% of the training "
+        "queries (at least 20; none below 100), never train on them, validate at step 0 and every epoch, "
+        "keep the best model and end with a base-vs-best verdict.", rich_help_panel=_EVAL)] = True,
+    eval_corpus: Annotated[str | None, typer.Option(
+        "--eval-corpus", help="Candidate passages for the automatic validation split (BEIR folder, "
+        "JSONL, text files). [default: the training files' passages]", rich_help_panel=_EVAL,
+        show_default=False)] = None,
+    validation_pool_size: Annotated[int, typer.Option(
+        "--validation-pool-size", min=1, help="Passages the held-out queries are ranked against (their own "
+        "and a seeded sample of the rest).", rich_help_panel=_EVAL)] = 1000,
+    final_model: Annotated[str, typer.Option(
+        "--final-model", help="With validation, final/ is the 'best' evaluated model or the 'last' one.",
+        rich_help_panel=_SAVE)] = "best",
     model: Annotated[str, typer.Option(
         "--model", "--model-name-or-path", "--model_name_or_path", help="Base model folder or hub id.",
         rich_help_panel=_MODEL)] = "sentence-transformers/all-MiniLM-L6-v2",
@@ -238,7 +259,8 @@ def train(
     config = TrainConfig(
         train_datasets=list(train_dataset), output_dir=str(output_dir), model=model,
         finetune_type=finetune_type, quantization_bits=quantization_bits, eval_dataset=eval_dataset,
-        eval_split=eval_split,
+        eval_split=eval_split, auto_validation=auto_validation, eval_corpus=eval_corpus,
+        validation_pool_size=validation_pool_size, final_model=final_model,
         batch_size=batch_size, mini_batch_size=mini_batch_size, cross_device_negatives=cross_device_negatives,
         gradient_accumulation_steps=gradient_accumulation_steps, lr=lr,
         weight_decay=weight_decay, max_grad_norm=max_grad_norm, epochs=epochs, max_steps=max_steps,
@@ -290,3 +312,6 @@ def train(
         callback.progress.stop()  # leave the terminal clean on errors and Ctrl-C too
     release_process_group()
     console.print(_summary_table(result))
+    if result.verdict:
+        colour = {"better": "green", "not significant": "yellow"}.get(result.verdict["outcome"], "bold red")
+        console.print(f"[{colour}]{escape(result.verdict['message'])}[/]")

@@ -519,7 +519,7 @@ class FailingReport:
 
 
 
-def _testset_over_corpus(examples: Sequence[Example], corpus: Corpus):
+def testset_over_corpus(examples: Sequence[Example], corpus: Corpus):
     """The lines as queries over ``corpus``; positives missing from it are added."""
     from embedrag.engine.testsets import TestSet
 
@@ -570,7 +570,7 @@ def select_failing(
         raise DataError(["no line has a positive passage"])
     started = time.perf_counter()
     if candidates == "all" and corpus is not None:
-        test_set = _testset_over_corpus(usable, corpus)
+        test_set = testset_over_corpus(usable, corpus)
     else:
         test_set = testset_from_examples(usable, name="lines", source="lines")
     ks = sorted({1, 3, 5, k})

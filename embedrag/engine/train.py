@@ -67,6 +67,8 @@ class TrainResult:
     stopped_early: bool
     seconds: float
     summary: dict[str, Any] = field(default_factory=dict)
+    # Base vs best on the validation split (``holdout.Verdict.to_dict()``), when validated.
+    verdict: dict[str, Any] | None = None
 
 
 @dataclass
@@ -276,13 +278,19 @@ def validation_set(spec: str, split: str = "test"):
     return load_examples(spec), load_jsonl_testset(spec)
 
 
-def retrieval_metrics(encoder: Encoder, test_set, *, batch_size: int = 64,
-                      ks: tuple[int, ...] = (10,)) -> dict[str, float]:
-    """nDCG/Recall/MRR@k of ``encoder`` on ``test_set`` (exact search, no cache)."""
+def retrieval_metrics(encoder: Encoder, test_set, *, batch_size: int = 64, ks: tuple[int, ...] = (10,),
+                      precision: str = "fp32") -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """nDCG/Recall/MRR@k of ``encoder`` on ``test_set`` (exact search, no cache): the means
+    and each query's scores."""
     from embedrag.engine.evaluate import evaluate_model
 
-    result = evaluate_model(encoder, test_set, name="validation", ks=ks, batch_size=batch_size)
-    return {k: v for k, v in result.metrics.items() if k.split("@")[0] in ("ndcg", "recall", "mrr")}
+    result = evaluate_model(encoder, test_set, name="validation", ks=ks, batch_size=batch_size,
+                            precision=precision)
+
+    def kept(scores: dict[str, float]) -> dict[str, float]:
+        return {k: v for k, v in scores.items() if k.split("@")[0] in ("ndcg", "recall", "mrr")}
+
+    return kept(result.metrics), {q: kept(v) for q, v in result.per_query.items()}
 
 
 # ---------------------------------------------------------------------- the trainer
@@ -305,6 +313,13 @@ class _Trainer:
         self.bad_evaluations = 0
         self.last_metrics: dict[str, float] = {}
         self.base_metrics: dict[str, float] = {}
+        # Per-query validation scores of the base model, the latest and the best evaluation,
+        # for the verdict's paired test.
+        self.base_per_query: dict[str, dict[str, float]] = {}
+        self.last_per_query: dict[str, dict[str, float]] = {}
+        self.best_per_query: dict[str, dict[str, float]] = {}
+        self.last_eval_step: int | None = None
+        self.holdout: dict[str, Any] | None = None
         self.stopped_early = False
         self.samples_seen = 0
         self.tokens_seen = 0
@@ -312,11 +327,32 @@ class _Trainer:
 
     # ------------------------------------------------------------ set-up
     def load_data(self) -> None:
-        specs = self.config.datasets()
-        self.datasets = [(load_examples(spec.path), spec.weight) for spec in specs]
+        config = self.config
+        self.datasets = [(load_examples(spec.path), spec.weight) for spec in config.datasets()]
         self.eval_examples, self.eval_set = [], None
-        if self.config.eval_dataset:
-            self.eval_examples, self.eval_set = validation_set(self.config.eval_dataset, self.config.eval_split)
+        if config.eval_dataset:
+            self.eval_examples, self.eval_set = validation_set(config.eval_dataset, config.eval_split)
+        elif config.auto_validation:
+            self._hold_out()
+
+    def _hold_out(self) -> None:
+        """The automatic validation split: held-out training queries over a candidate pool."""
+        from embedrag.engine.holdout import holdout_testset, split_holdout
+
+        config = self.config
+        everything = [e for examples, _ in self.datasets for e in examples]
+        self.datasets, held, info = split_holdout(self.datasets, seed=config.seed)
+        if held:
+            self.eval_set, info.pool_source = holdout_testset(
+                held, everything, seed=config.seed, pool_size=config.validation_pool_size,
+                corpus_path=config.eval_corpus)
+            self.eval_examples = held
+            info.pool = len(self.eval_set.corpus)
+            logger.info("validation split: %d of %d training queries held out, ranked over %d passages (%s)",
+                        info.queries, info.of_queries, info.pool, info.pool_source)
+        else:
+            logger.warning("%s", info.skipped_reason)
+        self.holdout = info.to_dict()
 
     def check_output_dir(self) -> None:
         out = self.output_dir
@@ -503,6 +539,7 @@ class _Trainer:
             self.callback.on_start(self.started)
         if self.eval_examples and self.config.eval_on_start and self.global_step == 0:
             self.base_metrics = self.evaluate()
+            self.base_per_query = self.last_per_query
             if self.is_main:
                 if self.writer is not None:
                     for key, value in self.base_metrics.items():
@@ -510,6 +547,8 @@ class _Trainer:
                 self.callback.on_evaluate({**self.base_metrics, "step": 0})
         with _StopRequest() as stop:
             self._loop(stop, accumulation)
+        if self.eval_examples and self.last_eval_step != self.global_step:
+            self._maybe_evaluate(epoch_end=True)  # the model that training ended with is judged too
         seconds = self.seconds_before_resume + time.perf_counter() - start
         return self._finish(seconds)
 
@@ -627,6 +666,7 @@ class _Trainer:
             return
         metrics = self.evaluate()
         self.last_metrics = metrics
+        self.last_eval_step = self.global_step
         if self.is_main:
             if self.writer is not None:
                 for key, value in metrics.items():
@@ -652,8 +692,12 @@ class _Trainer:
                     loss, _ = self._forward_loss(batch)
                     losses.append(float(loss))
             metrics["loss"] = sum(losses) / max(len(losses), 1)
-            metrics.update(retrieval_metrics(self.encoder, self.eval_set,
-                                             batch_size=self.config.eval_batch_size))
+            # The automatic split encodes as eval does by default (bf16 where native);
+            # an --eval-dataset keeps fp32, as it always did.
+            retrieval, self.last_per_query = retrieval_metrics(
+                self.encoder, self.eval_set, batch_size=self.config.eval_batch_size,
+                precision="auto" if self.holdout else "fp32")
+            metrics.update(retrieval)
         finally:
             self.module.train(was_training)
         return metrics
@@ -665,6 +709,7 @@ class _Trainer:
                   or (value < self.best_metric if key == "loss" else value > self.best_metric))
         if better:
             self.best_metric, self.best_step = value, self.global_step
+            self.best_per_query = self.last_per_query
             self.bad_evaluations = 0
             if self.is_main:
                 self._save_model(self.output_dir / "best", metrics=metrics)
@@ -750,7 +795,8 @@ class _Trainer:
             "epoch_loss_sum": self.epoch_loss_sum, "epoch_loss_count": self.epoch_loss_count,
             "best_metric": self.best_metric, "best_step": self.best_step,
             "bad_evaluations": self.bad_evaluations, "last_metrics": self.last_metrics,
-            "base_metrics": self.base_metrics,
+            "base_metrics": self.base_metrics, "base_per_query": self.base_per_query,
+            "best_per_query": self.best_per_query, "last_eval_step": self.last_eval_step,
             "samples_seen": self.samples_seen, "tokens_seen": self.tokens_seen,
             "seconds": self.elapsed(), "total_updates": self.total_updates,
             "logs": self.logs, "epoch_losses": self.epoch_losses,
@@ -796,6 +842,8 @@ class _Trainer:
                     "samples_seen",
                     "tokens_seen", "logs", "epoch_losses"):
             setattr(self, key, state[key])
+        for key in ("base_per_query", "best_per_query", "last_eval_step"):  # absent before 0.1 guard
+            setattr(self, key, state.get(key, getattr(self, key)))
         self.seconds_before_resume = state["seconds"]
         if self.micro_step >= self.micro_steps_per_epoch:
             self.epoch, self.micro_step = self.epoch + 1, 0
@@ -825,6 +873,7 @@ class _Trainer:
             "learning_rate": self.config.learning_rate, "temperature": self.config.temperature,
             "trainable_parameters": trainable, "total_parameters": total,
             "device": str(self.accelerator.device), "processes": self.accelerator.num_processes,
+            "validation_split": self.holdout,
         }
 
     def _write_logs(self) -> None:
@@ -842,7 +891,8 @@ class _Trainer:
                 self.epoch_losses.append({"epoch": self.epoch + 1, "average_loss": self.epoch_loss_sum
                                           / self.epoch_loss_count, "steps": self.epoch_loss_count,
                                           "global_step": self.global_step, "partial": True})
-            self._save_model(final, metrics=self.last_metrics or None)
+            verdict = self._verdict()
+            self._save_final(final)
             self._write_logs()
             device_type = self.device_type
             summary = {
@@ -862,19 +912,53 @@ class _Trainer:
                                 "step": self.best_step} if self.best_step is not None else None,
                 "base_metrics": self.base_metrics,
                 "final_metrics": self.last_metrics,
+                "validation": {"source": self.config.eval_dataset or "automatic split",
+                               "split": self.holdout, "verdict": verdict.to_dict() if verdict else None,
+                               "final_model": self._final_is()},
                 "stopped_early": self.stopped_early,
                 "outputs": {"final": str(final), "best": str(best) if best else None},
             }
             write_json(self.output_dir / SUMMARY_REPORT, summary)
             if self.writer is not None:
+                if verdict is not None:
+                    self.writer.add_text("verdict", verdict.message, self.global_step)
+                    self.writer.add_scalar(f"verdict/gain_{verdict.metric}", verdict.gain, self.global_step)
+                    self.writer.add_scalar("verdict/p_permutation", verdict.p_permutation, self.global_step)
                 self.writer.close()
+            if verdict is not None and verdict.outcome == "not better":
+                logger.warning("%s", verdict.message)
         result = TrainResult(output_dir=self.output_dir, final_dir=final, best_dir=best,
                              global_step=self.global_step, epochs_completed=self.epoch,
                              best_metric=self.best_metric, last_metrics=self.last_metrics,
-                             stopped_early=self.stopped_early, seconds=seconds, summary=summary)
+                             stopped_early=self.stopped_early, seconds=seconds, summary=summary,
+                             verdict=summary.get("validation", {}).get("verdict"))
         if self.is_main:
             self.callback.on_end(result)
         return result
+
+    def _final_is(self) -> str:
+        """What final/ holds: the best evaluated model, unless asked for the last or
+        the last is the best (or nothing was evaluated)."""
+        if self.config.final_model == "best" and self.best_step is not None and self.best_step != self.global_step:
+            return f"best (step {self.best_step} of {self.global_step})"
+        return f"last (step {self.global_step})"
+
+    def _save_final(self, final: Path) -> None:
+        if self._final_is().startswith("best"):
+            best = self.output_dir / "best"
+            self._atomic_folder(final, lambda staging: shutil.copytree(best, staging, dirs_exist_ok=True))
+        else:
+            self._save_model(final, metrics=self.last_metrics or None)
+
+    def _verdict(self):
+        """Base vs best on the validation split, when both were evaluated."""
+        from embedrag.engine.holdout import Verdict
+
+        metric = self.config.metric_for_best if self.config.metric_for_best != "loss" else "ndcg@10"
+        if not self.base_per_query or not self.best_per_query:
+            return None
+        return Verdict.of(metric, {q: v[metric] for q, v in self.base_per_query.items()},
+                          {q: v[metric] for q, v in self.best_per_query.items()}, self.best_step or 0)
 
     # ------------------------------------------------------------ dry run
     def dry_run(self) -> DryRunReport:

@@ -13,6 +13,7 @@ SCHEDULERS = ("linear", "cosine", "constant")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 BEST_METRICS = ("ndcg@10", "recall@10", "mrr@10", "loss")
 LOSSES = ("infonce", "margin-ranking")
+FINAL_MODELS = ("best", "last")
 
 # The original train.py's temperature, for models whose own is not known.
 DEFAULT_TEMPERATURE = 0.02
@@ -73,6 +74,12 @@ class TrainConfig:
     quantization_bits: int | None = None
     eval_dataset: str | None = None
     eval_split: str = "test"
+    # Without eval_dataset: hold out a share of the training queries (see holdout.py).
+    auto_validation: bool = True
+    eval_corpus: str | None = None
+    validation_pool_size: int = 1000
+    # With validation, final/ is the best evaluated model ("best") or the last one ("last").
+    final_model: str = "best"
     batch_size: int = 16
     mini_batch_size: int | None = None
     cross_device_negatives: bool | None = None
@@ -158,7 +165,7 @@ class TrainConfig:
             elif self.quantization_bits not in (4, 8):
                 yield f"--quantization-bits must be 4 or 8, got {self.quantization_bits}"
         for name in ("batch_size", "gradient_accumulation_steps", "epochs", "query_max_len",
-                     "passage_max_len", "lora_r", "lora_alpha", "eval_batch_size"):
+                     "passage_max_len", "lora_r", "lora_alpha", "eval_batch_size", "validation_pool_size"):
             if getattr(self, name) <= 0:
                 yield f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}"
         if self.mini_batch_size is not None and self.mini_batch_size <= 0:
@@ -191,10 +198,20 @@ class TrainConfig:
             yield f"--mixed-precision must be one of {', '.join(MIXED_PRECISION)}, got {self.mixed_precision!r}"
         if self.metric_for_best not in BEST_METRICS:
             yield f"--metric-for-best must be one of {', '.join(BEST_METRICS)}, got {self.metric_for_best!r}"
-        if self.early_stopping_patience is not None and not self.eval_dataset:
-            yield "--early-stopping-patience needs --eval-dataset"
-        if self.eval_steps is not None and not self.eval_dataset:
-            yield "--eval-steps needs --eval-dataset"
+        validating = self.eval_dataset or self.auto_validation
+        if self.early_stopping_patience is not None and not validating:
+            yield "--early-stopping-patience needs --eval-dataset or the automatic validation split"
+        if self.eval_steps is not None and not validating:
+            yield "--eval-steps needs --eval-dataset or the automatic validation split"
+        if self.eval_corpus is not None:
+            if self.eval_dataset:
+                yield "--eval-corpus is the automatic validation split's pool: not with --eval-dataset"
+            elif not self.auto_validation:
+                yield "--eval-corpus needs the automatic validation split (drop --no-auto-validation)"
+            elif not Path(self.eval_corpus).exists():
+                yield f"--eval-corpus {self.eval_corpus}: no such file or folder"
+        if self.final_model not in FINAL_MODELS:
+            yield f"--final-model must be one of {', '.join(FINAL_MODELS)}, got {self.final_model!r}"
         if self.pooling not in ("auto", "cls", "mean", "last"):
             yield f"--pooling must be auto, cls, mean or last, got {self.pooling!r}"
 
