@@ -46,7 +46,8 @@ def test_demo_runs_the_whole_loop(tiny_bert, tmp_path):
 
     assert Encoder.load(work / "merged", device="cpu").encode(["x"]).shape[0] == 1
     assert open_table(work / "lancedb", "scifact").count_rows() == len(TOPICS)
-    assert (work / "run-lora" / "training_summary_report.json").is_file()
+    assert (work / "run" / "training_summary_report.json").is_file()
+    assert "p (perm.)" in result.output
 
 
 def test_demo_without_data_is_one_clear_line(tmp_path):

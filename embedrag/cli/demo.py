@@ -15,8 +15,9 @@ from embedrag.cli._common import console, reports_errors
 @reports_errors
 def demo(
     workdir: Annotated[Path, typer.Option(help="Where the run, merged model and LanceDB go.")] = Path("embedrag-demo"),
-    finetune_type: Annotated[str, typer.Option("--finetune-type", help="qlora, lora or full.")] = "qlora",
-    epochs: Annotated[int, typer.Option(min=1, help="Training epochs over the slice's 200 queries.")] = 1,
+    finetune_type: Annotated[str, typer.Option(
+        "--finetune-type", help="auto, qlora, lora or full (auto: full for all-MiniLM-L6-v2).")] = "auto",
+    epochs: Annotated[int, typer.Option(min=1, help="Training epochs over the slice's training queries.")] = 2,
     model: Annotated[str, typer.Option("--model", "-m", help="Model to fine-tune.")
                      ] = "sentence-transformers/all-MiniLM-L6-v2",
     data: Annotated[Path | None, typer.Option(
@@ -26,6 +27,7 @@ def demo(
     """Evaluate the base model, fine-tune, merge, index, evaluate again and answer a question."""
     from embedrag.cli.train import _progress_callback
     from embedrag.engine.demo import METRICS, run_demo
+    from embedrag.engine.significance import format_pvalue
 
     def on_stage(name: str, detail: str) -> None:
         console.rule(f"[bold]{escape(name)}[/] [dim]{escape(detail)}[/]", align="left")
@@ -37,12 +39,16 @@ def demo(
     table.add_column("base", justify="right")
     table.add_column("tuned", justify="right")
     table.add_column("gain", justify="right")
+    table.add_column("p (perm.)", justify="right")
+    table.add_column("wins/ties/losses", justify="right")
     for metric in METRICS:
         gain = result.after[metric] - result.before[metric]
         colour = "green" if gain > 0 else "red" if gain < 0 else "dim"
+        c = result.comparisons[metric]
         table.add_row(metric, f"{result.before[metric]:.4f}", f"{result.after[metric]:.4f}",
-                      f"[{colour}]{gain:+.4f}[/]")
+                      f"[{colour}]{gain:+.4f}[/]", format_pvalue(c.p_permutation), f"{c.wins}/{c.ties}/{c.losses}")
     console.print(table)
+    console.print("[dim]p: paired randomization test over the test queries (10,000 sign flips)[/]")
     console.print(f"[bold]Q:[/] {escape(result.answer.question)}")
     for number, hit in enumerate(result.answer.passages, start=1):
         console.print(f"  [{number}] {hit.score:.3f} {escape(hit.title or hit.doc_id)}: "

@@ -59,6 +59,8 @@ def _progress_callback():
                 f"{info['device']} x{info['processes']}: {info['examples']} examples, "
                 f"{info['total_steps']} steps ({info['steps_per_epoch']}/epoch), "
                 f"{trainable:,} of {total:,} parameters trainable ({100 * trainable / max(total, 1):.2f}%)")
+            if info.get("finetune_choice"):
+                console.print(f"[dim]--finetune-type auto: {escape(info['finetune_choice'])}[/]")
             split = info.get("validation_split")
             if split and split.get("queries"):
                 console.print(f"validation: {split['queries']} of {split['of_queries']} training queries held "
@@ -148,7 +150,8 @@ def train(
         "--model", "--model-name-or-path", "--model_name_or_path", help="Base model folder or hub id.",
         rich_help_panel=_MODEL)] = "sentence-transformers/all-MiniLM-L6-v2",
     finetune_type: Annotated[str, typer.Option(
-        "--finetune-type", "--finetune_type", help="lora, qlora or full.", rich_help_panel=_MODEL)] = "qlora",
+        "--finetune-type", "--finetune_type", help="auto, lora, qlora or full. auto: full fine-tuning up to "
+        "400M parameters when it fits in half the memory, else lora, else qlora.", rich_help_panel=_MODEL)] = "auto",
     quantization_bits: Annotated[int | None, typer.Option(
         "--quantization-bits", "--quantization_bits", help="QLoRA base precision: 4 (NF4) or 8. [default: 4]",
         rich_help_panel=_MODEL, show_default=False)] = None,
@@ -227,6 +230,10 @@ def train(
     lora_target_modules: Annotated[str, typer.Option(
         "--lora-target-modules", "--lora_target_modules",
         help="auto/all-linear, or comma-separated module names.", rich_help_panel=_LORA)] = "auto",
+    qlora_init: Annotated[str, typer.Option(
+        "--qlora-init", help="4-bit QLoRA adapter start: 'loftq' (fits the quantisation error, so training "
+        "starts from the full-precision model's quality) or 'gaussian' (peft's default, starts at the 4-bit "
+        "base).", rich_help_panel=_LORA)] = "loftq",
     eval_steps: Annotated[int | None, typer.Option(
         "--eval-steps", help="Also validate every N steps.", rich_help_panel=_EVAL)] = None,
     eval_on_start: Annotated[bool, typer.Option(
@@ -269,7 +276,7 @@ def train(
         query_max_len=query_max_len, passage_max_len=passage_max_len, pooling=pooling,
         query_instruction=query_instruction, passage_instruction=passage_instruction,
         lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
-        lora_target_modules=lora_target_modules, attention_dropout=_rate_or_model(attention_dropout),
+        lora_target_modules=lora_target_modules, qlora_init=qlora_init, attention_dropout=_rate_or_model(attention_dropout),
         warmup_proportion=warmup_proportion,
         scheduler=scheduler, save_on_epoch_end=save_on_epoch_end, save_steps=save_steps,
         save_total_limit=save_total_limit, mixed_precision=mixed_precision,

@@ -320,6 +320,7 @@ class _Trainer:
         self.best_per_query: dict[str, dict[str, float]] = {}
         self.last_eval_step: int | None = None
         self.holdout: dict[str, Any] | None = None
+        self.finetune_choice: str | None = None  # why --finetune-type auto chose what it did
         self.stopped_early = False
         self.samples_seen = 0
         self.tokens_seen = 0
@@ -383,9 +384,11 @@ class _Trainer:
         config = self.config
         self.accelerator = _accelerator(config.mixed_precision)
         set_seed(config.seed)
+        init = resolve_init(config.init_from, config.model)
+        if config.finetune_type == "auto":
+            config = self.config = replace(config, finetune_type=self._choose_finetune_type(init))
         if torch.device(self.accelerator.device).type == "cpu" and config.finetune_type == "qlora":
             _return_freed_memory_to_the_os()
-        init = resolve_init(config.init_from, config.model)
         self.encoder = load_training_encoder(
             init.model, config.finetune_type, quantization_bits=config.bits,
             device=str(self.accelerator.device), **self._embedding_settings(init))
@@ -406,8 +409,12 @@ class _Trainer:
             self._merge_init_adapter(init)
         if config.attention_dropout is not None:
             set_attention_dropout(self.encoder.model, config.attention_dropout)
+        # LoftQ only starts a new 4-bit adapter (8-bit's error is small; a continued adapter
+        # brings its own weights).
         prepare_for_training(self.encoder, config.finetune_type, lora,
-                             gradient_checkpointing=config.gradient_checkpointing)
+                             gradient_checkpointing=config.gradient_checkpointing,
+                             qlora_init=config.qlora_init if config.bits == 4 and init.adapter is None
+                             else "gaussian")
         if init.adapter is not None and config.finetune_type != "full":
             load_adapter_weights(self.encoder.model, init.adapter)
         self.module = _bi_encoder_class()(self.encoder.model, self.encoder.config.pooling,
@@ -443,6 +450,27 @@ class _Trainer:
         self.device_type = torch.device(self.accelerator.device).type
         self.load_peak_memory = _peak_memory_bytes(self.device_type)
         _reset_peak_memory(self.device_type)
+
+    def _choose_finetune_type(self, init) -> str:
+        """``--finetune-type auto``: an adapter run continues as the adapter was trained;
+        otherwise by model size and device memory (finetune.choose_finetune_type)."""
+        from embedrag.engine.encoder import read_embedding_config
+        from embedrag.engine.finetune import (
+            checkpoint_parameters,
+            choose_finetune_type,
+            device_memory_bytes,
+        )
+        from embedrag.engine.models import resolve_model
+
+        if init.adapter is not None:
+            saved = read_embedding_config(init.adapter)
+            chosen = ((saved.extra or {}).get("finetune", {}).get("type") if saved else None) or "lora"
+            self.finetune_choice = f"continuing {init.adapter} ({chosen})"
+            return chosen
+        parameters = checkpoint_parameters(resolve_model(init.model).path)
+        chosen, self.finetune_choice = choose_finetune_type(parameters, device_memory_bytes(str(self.accelerator.device)))
+        logger.info("--finetune-type auto: %s (%s)", chosen, self.finetune_choice)
+        return chosen
 
     def _embedding_settings(self, init) -> dict[str, Any]:
         """The run's embedding settings; options left unset follow the adapter started from."""
@@ -865,6 +893,7 @@ class _Trainer:
         trainable, total = count_parameters(self._unwrapped())
         return {
             "model": self.encoder.name, "finetune_type": self.config.finetune_type,
+            "finetune_choice": self.finetune_choice,
             "quantization_bits": self.config.bits,
             "examples": sum(len(e) for e, _ in self.datasets),
             "eval_examples": len(self.eval_examples),

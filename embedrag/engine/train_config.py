@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from embedrag.engine.errors import ConfigError
-from embedrag.engine.finetune import FINETUNE_TYPES, LoraSettings
+from embedrag.engine.finetune import FINETUNE_CHOICES, QLORA_INITS, LoraSettings
 from embedrag.engine.models import DEFAULT_MODEL, canonical_model_name
 
 SCHEDULERS = ("linear", "cosine", "constant")
@@ -70,7 +70,7 @@ class TrainConfig:
     train_datasets: list[str] = field(default_factory=list)
     output_dir: str = ""
     model: str = DEFAULT_MODEL
-    finetune_type: str = "qlora"
+    finetune_type: str = "auto"  # resolved by the run: see finetune.choose_finetune_type
     quantization_bits: int | None = None
     eval_dataset: str | None = None
     eval_split: str = "test"
@@ -104,6 +104,7 @@ class TrainConfig:
     lora_alpha: int = 32
     lora_dropout: float = 0.1
     lora_target_modules: str = "auto"
+    qlora_init: str = "loftq"
     attention_dropout: float | None = 0.0  # None: the model's own
     warmup_proportion: float = 0.05
     scheduler: str = "linear"
@@ -157,10 +158,10 @@ class TrainConfig:
             yield "--train-dataset is required"
         if not self.output_dir:
             yield "--output-dir is required"
-        if self.finetune_type not in FINETUNE_TYPES:
-            yield f"--finetune-type must be one of {', '.join(FINETUNE_TYPES)}, got {self.finetune_type!r}"
+        if self.finetune_type not in FINETUNE_CHOICES:
+            yield f"--finetune-type must be one of {', '.join(FINETUNE_CHOICES)}, got {self.finetune_type!r}"
         if self.quantization_bits is not None:
-            if self.finetune_type != "qlora":
+            if self.finetune_type not in ("qlora", "auto"):
                 yield f"--quantization-bits only applies to --finetune-type qlora, not {self.finetune_type}"
             elif self.quantization_bits not in (4, 8):
                 yield f"--quantization-bits must be 4 or 8, got {self.quantization_bits}"
@@ -192,6 +193,8 @@ class TrainConfig:
             yield f"--lora-dropout must be in [0, 1), got {self.lora_dropout}"
         if self.attention_dropout is not None and not 0 <= self.attention_dropout < 1:
             yield f"--attention-dropout must be in [0, 1) or 'model', got {self.attention_dropout}"
+        if self.qlora_init not in QLORA_INITS:
+            yield f"--qlora-init must be one of {', '.join(QLORA_INITS)}, got {self.qlora_init!r}"
         if self.scheduler not in SCHEDULERS:
             yield f"--scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}"
         if self.mixed_precision not in MIXED_PRECISION:
