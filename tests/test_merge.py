@@ -105,6 +105,9 @@ def test_qlora_merges_into_the_dequantized_base(tiny_bert, toy_file, tmp_path, b
     assert "quantization_config" not in config
     original = merge(adapter, tmp_path / "original", qlora_base="original")
     assert original.verified is None and original.min_cosine <= result.min_cosine
+    started = json.loads((adapter / "embedrag.json").read_text())["extra"]["finetune"]["qlora_init"]
+    assert started == ("loftq" if bits == 4 else "gaussian")
+    assert any("LoftQ" in note for note in original.notes) == (bits == 4)
 
 
 def test_bfloat16_weights_on_disk(bert_lora, tmp_path):

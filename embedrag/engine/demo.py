@@ -60,6 +60,7 @@ def run_demo(
     epochs: int = DEMO_EPOCHS,
     question: str = DEMO_QUESTION,
     precision: str = "auto",
+    passage_tokens: int = DEMO_PASSAGE_TOKENS,
     on_stage: Stage | None = None,
     train_callback: Any = None,
 ) -> DemoResult:
@@ -96,7 +97,7 @@ def run_demo(
     cache = work / "embedding-cache"
     before = timed("evaluate base", f"{model} on {test_set.describe()['queries']} test queries, "
                    f"{len(test_set.corpus)} passages",
-                   lambda: evaluate(test_set, [f"base={model}"], cache_dir=cache,
+                   lambda: evaluate(test_set, [f"base={model}"], cache_dir=cache, max_length=passage_tokens,
                                     precision=precision).models[0].metrics)
     run = work / "run"
     # The test queries are never seen in training: the run validates on its own held-out
@@ -104,7 +105,7 @@ def run_demo(
     config = TrainConfig(train_datasets=[str(folder / "train.jsonl")], output_dir=str(run), model=model,
                          finetune_type=finetune_type, epochs=epochs, validation_pool_size=300,
                          # One hard negative per query halves the passages per step.
-                         batch_size=16, neg_nums=1, query_max_len=64, passage_max_len=DEMO_PASSAGE_TOKENS,
+                         batch_size=16, neg_nums=1, query_max_len=64, passage_max_len=passage_tokens,
                          overwrite_output_dir=True, tensorboard=False, save_on_epoch_end=False)
     trained = timed("train", f"{finetune_type}, {epochs} epoch(s), validation on held-out training queries",
                     lambda: train(config, train_callback))
@@ -124,7 +125,7 @@ def run_demo(
     # is tested query by query.
     report = timed("evaluate tuned", f"{model_dir}",
                    lambda: evaluate(test_set, [f"base={model}", f"tuned={model_dir}"], cache_dir=cache,
-                                    precision=precision))
+                                    max_length=passage_tokens, precision=precision))
     after = report.models[1].metrics
     comparisons = {metric: report.comparison(report.models[1], metric) for metric in METRICS}
     answer = timed("ask", question, lambda: RAG(Retriever(db, "scifact"), top_k=3).ask(question))

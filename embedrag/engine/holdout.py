@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 from embedrag.engine.data import Example
 
 if TYPE_CHECKING:
+    from embedrag.engine.significance import PairedComparison
     from embedrag.engine.testsets import TestSet
 
 logger = logging.getLogger(__name__)
@@ -117,19 +118,11 @@ def holdout_testset(validation: Sequence[Example], pool_examples: Sequence[Examp
 
 @dataclass
 class Verdict:
-    """Did fine-tuning beat the base model on the validation split?"""
+    """Did fine-tuning beat the base model on the validation split? The base-vs-best
+    comparison (:class:`significance.PairedComparison`) and what it means."""
 
-    metric: str
-    base: float
-    best: float
+    comparison: PairedComparison
     best_step: int
-    gain: float
-    p_permutation: float
-    p_ttest: float
-    wins: int
-    ties: int
-    losses: int
-    queries: int
     outcome: str  # "better", "not significant", "not better"
 
     @classmethod
@@ -140,16 +133,28 @@ class Verdict:
         c = compare(metric, {q: {metric: v} for q, v in base_scores.items()},
                     {q: {metric: v} for q, v in best_scores.items()})
         outcome = "not better" if c.gain <= 0 else "better" if c.significant else "not significant"
-        return cls(metric, c.baseline, c.model, best_step, c.gain, c.p_permutation, c.p_ttest,
-                   c.wins, c.ties, c.losses, c.queries, outcome)
+        return cls(c, best_step, outcome)
+
+    @property
+    def metric(self) -> str:
+        return self.comparison.metric
+
+    @property
+    def gain(self) -> float:
+        return self.comparison.gain
+
+    @property
+    def p_permutation(self) -> float:
+        return self.comparison.p_permutation
 
     @property
     def message(self) -> str:
         from embedrag.engine.significance import format_pvalue
 
-        figures = (f"{self.metric} {self.base:.4f} -> {self.best:.4f} ({self.gain:+.4f}, "
-                   f"{format_pvalue(self.p_permutation)}, {self.wins} better / {self.losses} worse "
-                   f"of {self.queries} held-out queries; best at step {self.best_step})")
+        c = self.comparison
+        figures = (f"{c.metric} {c.baseline:.4f} -> {c.model:.4f} ({c.gain:+.4f}, "
+                   f"{format_pvalue(c.p_permutation)}, {c.wins} better / {c.losses} worse "
+                   f"of {c.queries} held-out queries; best at step {self.best_step})")
         if self.outcome == "better":
             return f"fine-tuning improved retrieval on the validation split: {figures}"
         if self.outcome == "not significant":
@@ -160,4 +165,8 @@ class Verdict:
                 "training pairs, mined hard negatives (embedrag mine), or another --finetune-type")
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "message": self.message}
+        c = self.comparison
+        return {"metric": c.metric, "base": c.baseline, "best": c.model, "best_step": self.best_step,
+                "gain": c.gain, "p_permutation": c.p_permutation, "p_ttest": c.p_ttest, "wins": c.wins,
+                "ties": c.ties, "losses": c.losses, "queries": c.queries, "outcome": self.outcome,
+                "message": self.message}

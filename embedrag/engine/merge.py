@@ -243,6 +243,12 @@ def merge(
     result = MergeResult(output_path=output, base_model=base, finetune_type=finetune.get("type", "lora"),
                          qlora_base=qlora_base if is_qlora else None, precision=training_precision)
 
+    if is_qlora and qlora_base == "original" and finetune.get("qlora_init") == "loftq":
+        # LoftQ's start is fitted to the NF4 error of the 4-bit base; on the original
+        # weights that correction is applied to an error that is not there.
+        result.notes.append("this adapter started with LoftQ (fitted to the 4-bit base's error): "
+                            "merged into the original base it is not the trained model; "
+                            "--qlora-base dequantized reproduces it")
     base_encoder = _load_base(base, finetune, qlora_base, device)
     merged = _apply_adapter(base_encoder.model, adapter, base)
     import torch
