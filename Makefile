@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-fast lint build clean
+.PHONY: setup demo test test-fast lint docs build clean
 
 setup:
 	@bash scripts/setup_env.sh
@@ -23,6 +23,11 @@ test-fast: setup
 
 lint: setup
 	$(BIN)/ruff check embedrag tests benchmarks scripts
+
+# docs/cli.md, the CLI reference, is generated from the commands' --help;
+# tests/test_cli_docs.py fails when it is out of date.
+docs: setup
+	$(BIN)/python -m typer embedrag.cli utils docs --name embedrag --output docs/cli.md
 
 build: setup
 	$(BIN)/python -m build
