@@ -188,6 +188,31 @@ def test_evaluating_an_indexed_table(tiny_bert, tmp_path):
     assert "docs (hybrid)" in result.output
 
 
+def test_one_row_per_document_table_scores_as_the_embedded_corpus(tiny_bert, tmp_path):
+    """chunk_size=0 at a length other than the model's saved one: the table holds the
+    vectors `evaluate` computes, and is searched with the lengths it was built with."""
+    from embedrag.engine.documents import Document
+    from embedrag.engine.encoder import Encoder
+    from embedrag.engine.evaluate import evaluate_table
+    from embedrag.engine.store import Retriever, build_index
+
+    words = ["apple", "river", "music", "stone", "cloud", "green", "paper", "light"]
+    corpus = [{"_id": f"d{i}", "title": w.title(), "text": " ".join(words[(i + j) % 8] for j in range(40))}
+              for i, w in enumerate(words)]
+    queries = [{"_id": f"q{i}", "text": f"about {w}"} for i, w in enumerate(words)]
+    qrels = "query-id\tcorpus-id\tscore\n" + "".join(f"q{i}\td{i}\t1\n" for i in range(8))
+    test_set = load_beir_testset(_beir(tmp_path, corpus, queries, qrels), "test")
+    encoder = Encoder.load(tiny_bert, device="cpu", passage_max_length=12)
+    stats = build_index([Document(d, text) for d, text in test_set.corpus.items()], encoder, db=tmp_path / "db",
+                        chunk_size=0, fts=False)
+    assert stats.chunks == stats.documents == 8  # 40-word passages, one row each
+    assert Retriever(tmp_path / "db", "docs").encoder.config.passage_max_length == 12
+    by_table = evaluate_table(test_set, tmp_path / "db", "docs")
+    direct = evaluate(test_set, [ModelSpec("m", str(tiny_bert))], max_length=12, use_cache=False)
+    for qid, scores in direct.models[0].per_query.items():
+        assert by_table.models[0].per_query[qid] == pytest.approx(scores), qid
+
+
 def test_table_without_the_judged_passages_is_one_error(tiny_bert, tmp_path, jsonl_set):
     from embedrag.engine.documents import Document
     from embedrag.engine.encoder import Encoder

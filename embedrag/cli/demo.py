@@ -10,6 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from embedrag.cli._common import console, reports_errors
+from embedrag.engine.demo import DEMO_EPOCHS
 
 
 @reports_errors
@@ -17,7 +18,7 @@ def demo(
     workdir: Annotated[Path, typer.Option(help="Where the run, merged model and LanceDB go.")] = Path("embedrag-demo"),
     finetune_type: Annotated[str, typer.Option(
         "--finetune-type", help="auto, qlora, lora or full (auto: full for all-MiniLM-L6-v2).")] = "auto",
-    epochs: Annotated[int, typer.Option(min=1, help="Training epochs over the slice's training queries.")] = 2,
+    epochs: Annotated[int, typer.Option(min=1, help="Training epochs over the slice's training queries.")] = DEMO_EPOCHS,
     model: Annotated[str, typer.Option("--model", "-m", help="Model to fine-tune.")
                      ] = "sentence-transformers/all-MiniLM-L6-v2",
     data: Annotated[Path | None, typer.Option(

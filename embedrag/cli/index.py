@@ -28,7 +28,7 @@ def index(
     title_field: Annotated[str, typer.Option("--title-field", help="JSONL field with the title.")] = "title",
     glob: Annotated[str, typer.Option(help="Files to take from folders.")] = "**/*",
     chunk_size: Annotated[int | None, typer.Option(
-        "--chunk-size", help="Tokens per chunk. [default: the model's passage length]", show_default=False)] = None,
+        "--chunk-size", help="Tokens per chunk; 0: one row per document, the model reading its first passage-length tokens. [default: the model's passage length]", show_default=False)] = None,
     chunk_overlap: Annotated[int, typer.Option("--chunk-overlap", help="Tokens repeated between chunks.")] = 32,
     ann: Annotated[str, typer.Option(help="Vector index: auto (IVF_HNSW_SQ from 50k rows), none, ivf_pq, "
                                           "ivf_hnsw_sq.")] = "auto",

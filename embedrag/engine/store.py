@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from embedrag.engine.errors import ConfigError, EmbedragError
 
 if TYPE_CHECKING:
-    from embedrag.engine.documents import Document
+    from embedrag.engine.documents import Chunker, Document
     from embedrag.engine.encoder import Encoder
 
 logger = logging.getLogger(__name__)
@@ -212,7 +212,8 @@ def build_index(
 ) -> IndexStats:
     """Chunk, embed (in ``precision``: fp32, bf16, fp16 or auto; at most ``max_batch_tokens``
     padded tokens a batch, ``None`` for the device's default) and write ``documents``
-    into ``db``/``table``.
+    into ``db``/``table``. ``chunk_size`` 0 writes one row per document, embedded as the
+    model reads it (its first passage-length tokens), as ``evaluate`` embeds a passage.
 
     ``upsert`` deletes every chunk of each incoming document id before adding the new
     ones, batch by batch, so a re-run (even after an interruption) ends with exactly one
@@ -227,11 +228,16 @@ def build_index(
         raise ConfigError(f"--ann must be one of {', '.join(ANN_KINDS)}, got {ann!r}")
     if max_batch_tokens is not None and max_batch_tokens <= 0:
         raise ConfigError(f"--max-batch-tokens must be positive, got {max_batch_tokens}")
-    chunk_size = chunk_size or max(16, encoder.config.passage_max_length - 2)
-    chunker = Chunker(encoder.tokenizer, chunk_size, min(chunk_overlap, chunk_size - 1))
+    if chunk_size is not None and chunk_size < 0:
+        raise ConfigError(f"--chunk-size must be 0 (one row per document) or positive, got {chunk_size}")
+    if chunk_size == 0:
+        chunker = None
+    else:
+        chunk_size = chunk_size or max(16, encoder.config.passage_max_length - 2)
+        chunker = Chunker(encoder.tokenizer, chunk_size, min(chunk_overlap, chunk_size - 1))
     precision = resolve_precision(precision, encoder.device)
-    settings = IndexSettings.from_encoder(encoder, model_fingerprint(encoder), chunk_size, chunker.chunk_overlap,
-                                          precision)
+    settings = IndexSettings.from_encoder(encoder, model_fingerprint(encoder), chunk_size,
+                                          chunker.chunk_overlap if chunker else 0, precision)
     lancedb = _lancedb()
     new_db = not Path(db).exists()
     Path(db).mkdir(parents=True, exist_ok=True)
@@ -267,7 +273,7 @@ def build_index(
         raise
 
 
-def _fill_table(handle, documents: Iterable[Document], encoder: Encoder, chunker, settings: IndexSettings, *,
+def _fill_table(handle, documents: Iterable[Document], encoder: Encoder, chunker: Chunker | None, settings: IndexSettings, *,
                 db, table: str, mode: str, batch_documents: int, encode_batch_size: int, ann: str, fts: bool,
                 num_processes: int, max_batch_tokens: int | None,
                 progress: Callable[[int, int], None] | None) -> IndexStats:
@@ -278,7 +284,9 @@ def _fill_table(handle, documents: Iterable[Document], encoder: Encoder, chunker
 
     def flush() -> None:
         nonlocal count_chunks, replaced
-        pieces = [chunker.split(d.text) or [d.text.strip() or d.title or d.id] for d in batch]
+        # No chunker: the whole document is one row, embedded as the model reads it
+        # (its first passage-length tokens), the way `eval` embeds a corpus passage.
+        pieces = [(chunker.split(d.text) if chunker else []) or [d.text.strip() or d.title or d.id] for d in batch]
         texts = [p for chunks in pieces for p in chunks]
         vectors = (pool if pool is not None else encoder).encode(texts, "passage", batch_size=encode_batch_size,
                                                                  precision=settings.precision,
@@ -424,7 +432,11 @@ class Retriever:
         self.table = open_table(db, table)
         self.settings = table_settings(self.table)
         self.index_type = vector_index_type(self.table)
-        self.encoder = Encoder.load(model or self.settings.model, device=device)
+        # The table decides how text is embedded: an index built with other lengths than
+        # the model folder's saved ones is searched with those it was built with.
+        self.encoder = Encoder.load(model or self.settings.model, device=device,
+                                    query_max_length=self.settings.query_max_length,
+                                    passage_max_length=self.settings.passage_max_length)
         fingerprint = model_fingerprint(self.encoder)
         if fingerprint != self.settings.fingerprint:
             raise TableMismatchError(f"table {table!r} was embedded with {self.settings.model}; "
