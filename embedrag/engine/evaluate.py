@@ -434,8 +434,9 @@ def evaluate_table(
     depth = max(ks)
     started = time.perf_counter()
     run: dict[str, dict[str, float]] = {}
-    for qid in qrels:
-        hits = retriever.search(test_set.queries[qid], depth * 4, hybrid=hybrid)
+    query_ids = list(qrels)
+    found = retriever.search_many([test_set.queries[q] for q in query_ids], depth * 4, hybrid=hybrid)
+    for qid, hits in zip(query_ids, found):
         docs: dict[str, float] = {}
         for hit in hits:
             docs.setdefault(hit.doc_id, hit.score)  # hits come best first: a doc's best chunk

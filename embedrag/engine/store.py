@@ -443,9 +443,16 @@ class Retriever:
                                      f"{model or self.settings.model} gives different vectors")
 
     def search(self, question: str, k: int = 5, *, hybrid: bool = False) -> list[Hit]:
+        return self.search_many([question], k, hybrid=hybrid)[0]
+
+    def search_many(self, questions: Sequence[str], k: int = 5, *, hybrid: bool = False) -> list[list[Hit]]:
+        """:meth:`search` for each question, the questions embedded together in batches."""
         if k <= 0:
             raise ConfigError(f"--top-k must be positive, got {k}")
-        vector = self.encoder.encode([question], "query")[0]
+        vectors = self.encoder.encode(list(questions), "query")
+        return [self._hits(question, vector, k, hybrid) for question, vector in zip(questions, vectors)]
+
+    def _hits(self, question: str, vector, k: int, hybrid: bool) -> list[Hit]:
         dense = vector_search(self.table, vector, k if not hybrid else max(k, 20), index_type=self.index_type)
         if not hybrid:
             return dense[:k]
