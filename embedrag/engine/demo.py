@@ -23,8 +23,8 @@ METRICS = ("ndcg@10", "recall@10", "mrr@10", "hit@1", "hit@5")
 DEMO_EPOCHS = 1
 DEMO_TRAINING_PASSAGE_TOKENS = 128
 # One epoch of the slice is 12 steps: at full fine-tuning's default lr (2e-5, set for
-# hundreds of steps) they barely move the model.
-DEMO_LR = 5e-5
+# hundreds of steps) they barely move the model. lora/qlora keep theirs (1e-4).
+DEMO_FULL_LR = 5e-5
 Stage = Callable[[str, str], None]
 
 
@@ -64,12 +64,13 @@ def run_demo(
     question: str = DEMO_QUESTION,
     precision: str = "auto",
     training_passage_tokens: int = DEMO_TRAINING_PASSAGE_TOKENS,
-    lr: float | None = DEMO_LR,
+    lr: float | None = None,
     on_stage: Stage | None = None,
     train_callback: Any = None,
 ) -> DemoResult:
     """Run the loop in ``workdir`` (replacing an earlier demo there); passages are
-    encoded in ``precision`` (auto: bf16 where the hardware has it natively)."""
+    encoded in ``precision`` (auto: bf16 where the hardware has it natively). ``lr``
+    None: :data:`DEMO_FULL_LR` for full (and auto) fine-tuning, the type's default else."""
     from embedrag.engine.evaluate import EvaluationReport, evaluate, evaluate_table
     from embedrag.engine.merge import merge
     from embedrag.engine.metrics import DEFAULT_KS
@@ -112,7 +113,8 @@ def run_demo(
                          # 128-token passages (all-MiniLM-L6-v2's own training length) halve
                          # their cost again; the tuned model embeds at the base's length.
                          batch_size=16, neg_nums=1, query_max_len=64,
-                         passage_max_len=training_passage_tokens, lr=lr,
+                         passage_max_len=training_passage_tokens,
+                         lr=lr if lr is not None or finetune_type not in ("auto", "full") else DEMO_FULL_LR,
                          overwrite_output_dir=True, tensorboard=False, save_on_epoch_end=False)
     trained = timed("train", f"{finetune_type}, {epochs} epoch(s), validation on held-out training queries",
                     lambda: train(config, train_callback))
