@@ -18,6 +18,16 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from embedrag.engine.adapter_loading import (
+    adapter_base,
+    adapter_quantization_bits,
+    attach_adapter,
+    is_adapter_folder,
+    quantized_model_kwargs,
+    quiet_bitsandbytes,
+    read_adapter_config,
+    settle_quantized_model,
+)
 from embedrag.engine.errors import ConfigError
 from embedrag.engine.models import resolve_model
 from embedrag.engine.pooling import POOLING_MODES
@@ -187,9 +197,7 @@ class Encoder:
         ``quantization_config``)."""
         resolved = resolve_model(name_or_path, allow_download=allow_download)
         folder = resolved.path
-        if (folder / "adapter_config.json").is_file() and not (folder / "config.json").is_file():
-            from embedrag.engine.finetune import load_adapter_encoder
-
+        if is_adapter_folder(folder):
             return load_adapter_encoder(
                 folder, device=device, trust_remote_code=trust_remote_code,
                 allow_download=allow_download, pooling=pooling, normalize=normalize,
@@ -423,6 +431,46 @@ class Encoder:
         return (f"Encoder({self.name!r}, pooling={c.pooling}, normalize={c.normalize}, "
                 f"dim={self.dimension}, max_len={c.query_max_length}/{c.passage_max_length}, "
                 f"device={self.device})")
+
+
+def load_quantized_encoder(model: str | os.PathLike, bits: int, *, device: str, **encoder_kwargs) -> Encoder:
+    """``model`` with its weights quantised to ``bits`` (4: NF4, 8: int8) by bitsandbytes,
+    as QLoRA trains and loads it."""
+    quiet_bitsandbytes()
+    encoder = Encoder.load(model, device=device, model_kwargs=quantized_model_kwargs(bits, device),
+                           **encoder_kwargs)
+    settle_quantized_model(encoder.model)
+    return encoder
+
+
+def load_adapter_encoder(folder: Path, *, device: str | None = None, trust_remote_code: bool = False,
+                         allow_download: bool = True, base_model: str | None = None,
+                         **settings) -> Encoder:
+    """An adapter folder on its base model, unmerged: quantised the way it was trained."""
+    folder = Path(folder)
+    saved = read_embedding_config(folder)
+    base = adapter_base(folder, saved, read_adapter_config(folder), base_model=base_model)
+    bits = adapter_quantization_bits(saved)
+    device = device or default_device()
+    overrides = {k: v for k, v in settings.items() if v is not None and v != "auto"}
+    if bits:
+        encoder = load_quantized_encoder(base, bits, device=device, trust_remote_code=trust_remote_code,
+                                         allow_download=allow_download)
+    else:
+        encoder = Encoder.load(base, device=device, trust_remote_code=trust_remote_code,
+                               allow_download=allow_download)
+    if saved:
+        # The adapter's own embedding settings win over the base's.
+        for key in ("pooling", "normalize", "query_instruction", "passage_instruction",
+                    "query_max_length", "passage_max_length"):
+            setattr(encoder.config, key, getattr(saved, key))
+        encoder.config.extra = saved.extra
+    for key, value in overrides.items():
+        setattr(encoder.config, key, value)
+    encoder.model = attach_adapter(encoder.model, folder, base)
+    encoder.name = str(folder)
+    encoder.path = folder
+    return encoder
 
 
 # Measured on all-MiniLM-L6-v2 over SciFact passages (benchmarks/RESULTS.md): a batch of

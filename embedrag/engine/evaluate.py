@@ -9,7 +9,6 @@ the queries.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import tempfile
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from embedrag.engine.errors import ConfigError, DataError
+from embedrag.engine.fingerprint import model_fingerprint  # re-exported: its old home
 from embedrag.engine.lexical import BM25_MODEL
 from embedrag.engine.metrics import DEFAULT_KS, check_ks, evaluate_run
 from embedrag.engine.testsets import TestSet
@@ -125,37 +125,6 @@ def default_cache_dir() -> Path:
     root = os.environ.get("EMBEDRAG_CACHE_DIR") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "embedrag")
     return Path(root) / "embeddings"
-
-
-def model_fingerprint(encoder: Encoder) -> str:
-    """Weights and embedding settings: any change that alters vectors changes it."""
-    digest = hashlib.sha256()
-    settings = {k: v for k, v in asdict(encoder.config).items() if k not in ("extra", "base_model")}
-    digest.update(json.dumps(settings, sort_keys=True).encode())
-    folder = Path(encoder.path) if encoder.path else None
-    if folder is not None and folder.is_dir():
-        for path in sorted(folder.rglob("*")):
-            if path.is_file() and path.suffix in (".safetensors", ".bin", ".json", ".model", ".txt"):
-                digest.update(_file_digest(path).encode())
-    else:
-        digest.update(encoder.name.encode())
-    base = encoder.config.extra.get("finetune", {}).get("base_model") if encoder.config.extra else None
-    if base and (folder is not None and (folder / "adapter_config.json").is_file()):
-        digest.update(str(base).encode())
-    return digest.hexdigest()
-
-
-def _file_digest(path: Path) -> str:
-    """Name, size and a hash of the head and tail: cheap for multi-GB weights, and any
-    retraining changes the bytes everywhere."""
-    size = path.stat().st_size
-    digest = hashlib.sha256(f"{path.name}:{size}".encode())
-    with path.open("rb") as handle:
-        digest.update(handle.read(1 << 20))
-        if size > 2 << 20:
-            handle.seek(-(1 << 20), os.SEEK_END)
-            digest.update(handle.read(1 << 20))
-    return digest.hexdigest()
 
 
 class EmbeddingCache:

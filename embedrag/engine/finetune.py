@@ -1,25 +1,41 @@
-"""Preparing a model for fine-tuning (full, LoRA, QLoRA) and loading what it saves.
+"""Preparing a model for fine-tuning (full, LoRA, QLoRA).
 
 QLoRA loads the base through bitsandbytes (4-bit NF4 with double quantisation, or
 8-bit), runs ``prepare_model_for_kbit_training`` and adds LoRA; LoRA adds adapters to a
-full-precision base; full trains every weight.
+full-precision base; full trains every weight. Loading what a run saves (adapter
+folders, quantised bases) belongs to the encoding side: :mod:`embedrag.engine.adapter_loading`
+and :func:`embedrag.engine.encoder.load_adapter_encoder`, re-exported here.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+# Loading what fine-tuning saves lives on the encoding side (adapter_loading, encoder);
+# the names stay importable from here.
+from embedrag.engine.adapter_loading import (  # noqa: F401 - re-exported
+    ADAPTER_CONFIG,
+    adapter_base,
+    avoid_cpu_4bit_inplace_bug,
+    quantization_config,
+    quiet_bitsandbytes,
+    read_adapter_config,
+    release_checkpoint_mapping,
+)
+from embedrag.engine.encoder import (  # noqa: F401 - re-exported
+    Encoder,
+    load_adapter_encoder,
+    load_quantized_encoder,
+    read_embedding_config,
+)
 from embedrag.engine.errors import ConfigError, ModelNotFoundError
 
 if TYPE_CHECKING:
     import torch
-
-    from embedrag.engine.encoder import Encoder
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +45,6 @@ FINETUNE_CHOICES = ("auto", *FINETUNE_TYPES)
 # Full fine-tuning up to this many parameters (BERT-large and bge-large sizes), when its
 # ~16 bytes a parameter (weights, gradients, two AdamW moments) fit in half the memory.
 FULL_MAX_PARAMETERS = 400_000_000
-ADAPTER_CONFIG = "adapter_config.json"
 # How QLoRA's adapter starts: "loftq" compensates the 4-bit quantisation error (the adapter
 # starts as the best rank-r fit of original - dequantized weights), "gaussian" is peft's
 # default (B = 0: the run starts from the quantised base as it is).
@@ -54,59 +69,14 @@ class LoraSettings:
         return list(self.target_modules)
 
 
-def quantization_config(bits: int, device_type: str):
-    """The bitsandbytes config for QLoRA: NF4 with double quantisation, or int8."""
-    import torch
-    from transformers import BitsAndBytesConfig
-
-    if bits == 4:
-        compute = torch.bfloat16 if device_type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
-        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                  bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute)
-    if bits == 8:
-        return BitsAndBytesConfig(load_in_8bit=True)
-    raise ConfigError(f"--quantization-bits must be 4 or 8, got {bits}")
-
-
-def quiet_bitsandbytes() -> None:
-    # Its CPU backend warns at import about an optional hub kernel it cannot fetch offline.
-    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
-
-
-def avoid_cpu_4bit_inplace_bug(model: torch.nn.Module) -> None:
-    """bitsandbytes 0.49/0.50 on AVX-512-bf16 CPUs: one eval-mode forward of a 4-bit
-    layer rewrites its packed weight in place, and the next training step then fails
-    ("a view of a leaf Variable ... in-place"). Turning that fast path off avoids it."""
-    try:
-        import bitsandbytes as bnb
-    except ImportError:
-        return
-    for module in model.modules():
-        if isinstance(module, bnb.nn.Linear4bit) and hasattr(module, "support_avx512bf16_for_cpu"):
-            module.support_avx512bf16_for_cpu = False
-
-
 def load_training_encoder(model: str, finetune_type: str, *, quantization_bits: int | None,
                           device: str, **encoder_kwargs) -> Encoder:
     """The Encoder to train: quantised for qlora, full precision otherwise."""
-    from embedrag.engine.encoder import Encoder
-
     if finetune_type not in FINETUNE_TYPES:
         raise ConfigError(f"--finetune-type must be one of {', '.join(FINETUNE_TYPES)}, got {finetune_type!r}")
-    model_kwargs: dict[str, Any] = {}
     if finetune_type == "qlora":
-        quiet_bitsandbytes()
-        import torch
-
-        model_kwargs = {"quantization_config": quantization_config(quantization_bits or 4,
-                                                                  torch.device(device).type),
-                        "device_map": {"": device}}
-    encoder = Encoder.load(model, device=device, model_kwargs=model_kwargs, **encoder_kwargs)
-    if finetune_type == "qlora":
-        avoid_cpu_4bit_inplace_bug(encoder.model)
-        if encoder.model.device.type == "cpu":
-            release_checkpoint_mapping(encoder.model)
-    return encoder
+        return load_quantized_encoder(model, quantization_bits or 4, device=device, **encoder_kwargs)
+    return Encoder.load(model, device=device, model_kwargs={}, **encoder_kwargs)
 
 
 def set_attention_dropout(model: torch.nn.Module, p: float) -> int:
@@ -137,20 +107,6 @@ def set_attention_dropout(model: torch.nn.Module, p: float) -> int:
             continue
         changed += 1
     return changed
-
-
-def release_checkpoint_mapping(model: torch.nn.Module) -> None:
-    """Copy the tensors a quantised CPU model still shares with its memory-mapped
-    checkpoint. The few unquantised weights (embeddings, norms) otherwise keep the whole
-    full-precision file mapped and resident, which costs more than 4-bit saves."""
-    import gc
-
-    for module in model.modules():
-        tensors = [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]
-        for _, tensor in tensors:
-            if tensor.is_floating_point():
-                tensor.data = tensor.data.clone()
-    gc.collect()
 
 
 def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
@@ -336,57 +292,6 @@ def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
     return trainable, total
 
 
-def load_adapter_encoder(folder: Path, *, device: str | None = None, trust_remote_code: bool = False,
-                         allow_download: bool = True, base_model: str | None = None,
-                         **settings) -> Encoder:
-    """An adapter folder on its base model, unmerged: quantised the way it was trained."""
-    from embedrag.engine.encoder import Encoder, read_embedding_config
-
-    folder = Path(folder)
-    saved = read_embedding_config(folder)
-    adapter_config = json.loads((folder / ADAPTER_CONFIG).read_text(encoding="utf-8"))
-    base = base_model or (saved.base_model if saved and saved.base_model else None) or adapter_config.get(
-        "base_model_name_or_path")
-    if not base:
-        raise ModelNotFoundError(f"{folder}: adapter does not record its base model")
-    finetune = (saved.extra.get("finetune") if saved else None) or {}
-    bits = finetune.get("quantization_bits") if finetune.get("type") == "qlora" else None
-    from embedrag.engine.encoder import default_device
-
-    device = device or default_device()
-    overrides = {k: v for k, v in settings.items() if v is not None and v != "auto"}
-    if bits:
-        encoder = load_training_encoder(base, "qlora", quantization_bits=bits, device=device,
-                                        trust_remote_code=trust_remote_code,
-                                        allow_download=allow_download)
-    else:
-        encoder = Encoder.load(base, device=device, trust_remote_code=trust_remote_code,
-                               allow_download=allow_download)
-    if saved:
-        # The adapter's own embedding settings win over the base's.
-        for key in ("pooling", "normalize", "query_instruction", "passage_instruction",
-                    "query_max_length", "passage_max_length"):
-            setattr(encoder.config, key, getattr(saved, key))
-        encoder.config.extra = saved.extra
-    for key, value in overrides.items():
-        setattr(encoder.config, key, value)
-    quiet_bitsandbytes()
-    import warnings
-
-    from peft import PeftModel
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            encoder.model = PeftModel.from_pretrained(encoder.model, os.fspath(folder))
-    except (RuntimeError, ValueError, KeyError) as exc:
-        raise ConfigError(f"{folder}: adapter does not fit base model {base} ({exc})") from exc
-    encoder.model.eval()
-    encoder.name = str(folder)
-    encoder.path = folder
-    return encoder
-
-
 @dataclass
 class InitSource:
     """Where a run starts: a model folder or hub id, or an earlier run's adapter on its base."""
@@ -406,19 +311,14 @@ class InitSource:
 def resolve_init(init_from: str | os.PathLike | None, model: str) -> InitSource:
     """``--init-from``: an adapter folder (a training ``final/``) continues that adapter on
     its recorded base; any other folder is a model to start from, like ``--model``."""
-    from embedrag.engine.encoder import read_embedding_config
-
     if init_from is None:
         return InitSource(model)
     folder = Path(init_from)
     if not (folder / ADAPTER_CONFIG).is_file():
         return InitSource(str(folder))
-    adapter_config = json.loads((folder / ADAPTER_CONFIG).read_text(encoding="utf-8"))
-    saved = read_embedding_config(folder)
-    base = (saved.base_model if saved and saved.base_model else None) or adapter_config.get("base_model_name_or_path")
-    if not base:
-        raise ModelNotFoundError(f"{folder}: adapter does not record its base model")
-    return InitSource(str(base), folder, adapter_config)
+    adapter_config = read_adapter_config(folder)
+    base = adapter_base(folder, read_embedding_config(folder), adapter_config)
+    return InitSource(base, folder, adapter_config)
 
 
 def load_adapter_weights(model: torch.nn.Module, folder: Path) -> None:

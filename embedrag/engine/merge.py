@@ -102,12 +102,10 @@ def _check_compatible(adapter: Path, base: str, adapter_settings) -> None:
 
 
 def _load_base(base: str, finetune: dict[str, Any], qlora_base: str, device: str) -> Encoder:
-    from embedrag.engine.encoder import Encoder
-    from embedrag.engine.finetune import load_training_encoder
+    from embedrag.engine.encoder import Encoder, load_quantized_encoder
 
     if finetune.get("type") == "qlora" and qlora_base == "dequantized":
-        encoder = load_training_encoder(base, "qlora", quantization_bits=finetune.get("quantization_bits") or 4,
-                                        device=device)
+        encoder = load_quantized_encoder(base, finetune.get("quantization_bits") or 4, device=device)
         import torch
 
         from embedrag.engine.encoder import quiet_transformers
@@ -126,7 +124,7 @@ def _load_base(base: str, finetune: dict[str, Any], qlora_base: str, device: str
 def _apply_adapter(model, adapter: Path, base: str):
     import warnings
 
-    from embedrag.engine.finetune import quiet_bitsandbytes
+    from embedrag.engine.adapter_loading import quiet_bitsandbytes
 
     quiet_bitsandbytes()
     from peft import PeftModel
@@ -284,8 +282,7 @@ def _verify(result: MergeResult, adapter: Path, base: str, merged_folder: Path, 
     """Embed probes with base+adapter (quantised as trained) and with the merged folder."""
     import numpy as np
 
-    from embedrag.engine.encoder import Encoder
-    from embedrag.engine.finetune import load_adapter_encoder
+    from embedrag.engine.encoder import Encoder, load_adapter_encoder
 
     texts = _probe_texts(settings)
     reference = load_adapter_encoder(adapter, device=device, base_model=base)

@@ -237,7 +237,7 @@ def load_table_corpus(db: str | os.PathLike, table: str, encoder: Encoder) -> Co
     """An indexed table's chunks; its stored vectors are reused when ``encoder`` made them."""
     import numpy as np
 
-    from embedrag.engine.evaluate import model_fingerprint
+    from embedrag.engine.fingerprint import model_fingerprint
     from embedrag.engine.store import open_table, table_settings
 
     handle = open_table(db, table)
@@ -262,7 +262,8 @@ def _encode(encoder: Encoder, texts: Sequence[str], kind: str, config: MineConfi
 
 def _corpus_vectors(encoder: Encoder, corpus: Corpus, config: MineConfig, cache_dir: Path | None,
                     progress: Progress | None) -> np.ndarray:
-    from embedrag.engine.evaluate import EmbeddingCache, cache_fingerprint, model_fingerprint
+    from embedrag.engine.evaluate import EmbeddingCache, cache_fingerprint
+    from embedrag.engine.fingerprint import model_fingerprint
 
     if corpus.vectors is not None:
         return corpus.vectors

@@ -4,11 +4,14 @@ that share the cores.
 The parent sorts the texts by token length once and hands out contiguous chunks of that
 order, so every batch pads to nearly its own length and a slow chunk does not hold the
 others up. Each worker loads the model itself (from its folder, with the parent's
-embedding settings), so the vectors are those of a single-process run.
+embedding settings), so the vectors are those of a single-process run. It loads it with
+the loader the pool is given (by default the encoder's own ``type(encoder).load``, which
+pickles by reference), so this module never imports the encoder that starts it.
 """
 
 from __future__ import annotations
 
+import copy
 import multiprocessing
 import os
 from collections.abc import Callable, Sequence
@@ -18,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import numpy as np
 
-    from embedrag.engine.encoder import Encoder
+    from embedrag.engine.encoder import EmbeddingConfig, Encoder
 
 _WORKER: dict[str, Any] = {}
 CHUNKS_PER_PROCESS = 8
@@ -32,15 +35,14 @@ def worker_devices(num_processes: int) -> list[str]:
     return [f"cuda:{i % gpus}" for i in range(num_processes)] if gpus else ["cpu"] * num_processes
 
 
-def _init_worker(source: str, config: dict[str, Any], devices, threads: int) -> None:
+def _init_worker(load: Callable[..., Encoder], source: str, config: EmbeddingConfig, devices,
+                 threads: int) -> None:
     import torch
-
-    from embedrag.engine.encoder import EmbeddingConfig, Encoder
 
     torch.set_num_threads(threads)
     device = devices.get()
-    encoder = Encoder.load(source, device=device)
-    encoder.config = EmbeddingConfig.from_dict(config)
+    encoder = load(source, device=device)
+    encoder.config = config
     _WORKER["encoder"] = encoder
 
 
@@ -55,11 +57,16 @@ class EncoderPool:
 
         with EncoderPool(encoder, 2) as pool:
             vectors = pool.encode(texts, "passage")
+
+    Each worker builds its copy with ``load(encoder.path or encoder.name, device=...)``
+    (``load``: a picklable callable, by default ``type(encoder).load``) and then takes
+    ``encoder``'s embedding settings.
     """
 
-    def __init__(self, encoder: Encoder, num_processes: int):
+    def __init__(self, encoder: Encoder, num_processes: int, *, load: Callable[..., Encoder] | None = None):
         self.encoder = encoder
         self.num_processes = num_processes
+        self.load = load if load is not None else type(encoder).load
         self.devices = worker_devices(num_processes)
         self._pool: ProcessPoolExecutor | None = None
 
@@ -71,7 +78,8 @@ class EncoderPool:
         threads = max(1, (os.cpu_count() or 1) // self.num_processes) if self.devices[0] == "cpu" else 1
         source = str(self.encoder.path or self.encoder.name)
         self._pool = ProcessPoolExecutor(self.num_processes, mp_context=context, initializer=_init_worker,
-                                         initargs=(source, self.encoder.config.to_dict(), queue, threads))
+                                         initargs=(self.load, source, copy.deepcopy(self.encoder.config), queue,
+                                                   threads))
         return self
 
     def __exit__(self, *exc) -> None:

@@ -220,7 +220,7 @@ def build_index(
     copy of each document."""
     from embedrag.engine.documents import Chunker
     from embedrag.engine.encoder import resolve_precision
-    from embedrag.engine.evaluate import model_fingerprint
+    from embedrag.engine.fingerprint import model_fingerprint
 
     if mode not in MODES:
         raise ConfigError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -427,7 +427,7 @@ class Retriever:
     def __init__(self, db: str | os.PathLike, table: str, *, model: str | None = None,
                  device: str | None = None):
         from embedrag.engine.encoder import Encoder
-        from embedrag.engine.evaluate import model_fingerprint
+        from embedrag.engine.fingerprint import model_fingerprint
 
         self.table = open_table(db, table)
         self.settings = table_settings(self.table)

@@ -1,0 +1,51 @@
+"""Fingerprints of an encoder: what its vectors depend on, hashed.
+
+Any change that alters the vectors (weights, embedding settings, an adapter's base)
+changes the fingerprint, so an index table or an embedding cache made with one model is
+never read as another's. The evaluation cache (``evaluate``), index tables (``store``)
+and mining (``mine``) all key on it; it sits with encoding so none of them has to import
+another for it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from embedrag.engine.encoder import Encoder
+
+
+def model_fingerprint(encoder: Encoder) -> str:
+    """Weights and embedding settings: any change that alters vectors changes it."""
+    digest = hashlib.sha256()
+    settings = {k: v for k, v in asdict(encoder.config).items() if k not in ("extra", "base_model")}
+    digest.update(json.dumps(settings, sort_keys=True).encode())
+    folder = Path(encoder.path) if encoder.path else None
+    if folder is not None and folder.is_dir():
+        for path in sorted(folder.rglob("*")):
+            if path.is_file() and path.suffix in (".safetensors", ".bin", ".json", ".model", ".txt"):
+                digest.update(_file_digest(path).encode())
+    else:
+        digest.update(encoder.name.encode())
+    base = encoder.config.extra.get("finetune", {}).get("base_model") if encoder.config.extra else None
+    if base and (folder is not None and (folder / "adapter_config.json").is_file()):
+        digest.update(str(base).encode())
+    return digest.hexdigest()
+
+
+def _file_digest(path: Path) -> str:
+    """Name, size and a hash of the head and tail: cheap for multi-GB weights, and any
+    retraining changes the bytes everywhere."""
+    size = path.stat().st_size
+    digest = hashlib.sha256(f"{path.name}:{size}".encode())
+    with path.open("rb") as handle:
+        digest.update(handle.read(1 << 20))
+        if size > 2 << 20:
+            handle.seek(-(1 << 20), os.SEEK_END)
+            digest.update(handle.read(1 << 20))
+    return digest.hexdigest()
