@@ -48,6 +48,9 @@ def test_demo_runs_the_whole_loop(tiny_bert, tmp_path):
     assert open_table(work / "lancedb", "scifact").count_rows() == len(TOPICS)
     assert (work / "run" / "training_summary_report.json").is_file()
     assert "p (perm.)" in result.output
+    # 8 training queries: too few for a validation split, so no verdict line
+    summary = json.loads((work / "run" / "training_summary_report.json").read_text())
+    assert summary["validation"]["verdict"] is None and "training's own check" not in result.output
 
 
 def test_demo_without_data_is_one_clear_line(tmp_path):

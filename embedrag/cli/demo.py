@@ -50,6 +50,9 @@ def demo(
                       f"[{colour}]{gain:+.4f}[/]", format_pvalue(c.p_permutation), f"{c.wins}/{c.ties}/{c.losses}")
     console.print(table)
     console.print("[dim]p: paired randomization test over the test queries (10,000 sign flips)[/]")
+    if result.verdict:
+        colour = {"better": "green", "not significant": "yellow"}.get(result.verdict["outcome"], "bold red")
+        console.print(f"[{colour}]training's own check: {escape(result.verdict['message'])}[/]")
     console.print(f"[bold]Q:[/] {escape(result.answer.question)}")
     for number, hit in enumerate(result.answer.passages, start=1):
         console.print(f"  [{number}] {hit.score:.3f} {escape(hit.title or hit.doc_id)}: "
