@@ -322,6 +322,11 @@ def train_row(row: dict, args, work: Path, model_path: Path) -> tuple[str, dict]
 
         train_dir, merged = folder / "train", folder / "merged"
         if kind == "default":  # `embedrag train` given nothing but data and output
+            if args.reuse and timing_file.is_file():
+                seconds = json.loads(timing_file.read_text())
+                model = train_dir / "final" if seconds.get("finetune_type") == "full" else merged
+                if (model / "config.json").is_file():
+                    return str(model), seconds
             command = ["train", "--train-dataset", str(args.train_dataset), "--output-dir", str(train_dir),
                        "--overwrite-output-dir"]
             seconds = {"train": embedrag(command, folder / "train.log")}
