@@ -110,8 +110,9 @@ def test_qlora_merges_into_the_dequantized_base(tiny_bert, toy_file, tmp_path, b
     assert any("LoftQ" in note for note in original.notes) == (bits == 4)
 
 
-def test_bfloat16_weights_on_disk(bert_lora, tmp_path):
-    merge(bert_lora, tmp_path / "bf16", training_precision="bfloat16")
+@pytest.mark.parametrize("spelled", ["bfloat16", "bf16"])  # the original's word and embedrag's
+def test_bfloat16_weights_on_disk(bert_lora, tmp_path, spelled):
+    assert merge(bert_lora, tmp_path / "bf16", training_precision=spelled).precision == "bfloat16"
     with safe_open(tmp_path / "bf16" / "model.safetensors", "pt") as handle:
         dtypes = {str(handle.get_tensor(k).dtype) for k in handle.keys()}
     assert dtypes == {"torch.bfloat16"}

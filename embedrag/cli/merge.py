@@ -22,8 +22,8 @@ def merge(
         "--base-model-path", "--base_model_path",
         help="Base model. [default: the one recorded with the adapter]", show_default=False)] = None,
     training_precision: Annotated[str, typer.Option(
-        "--training-precision", "--training_precision", help="Weights on disk: float32, bfloat16 or float16.",
-    )] = "float32",
+        "--training-precision", "--training_precision", help="Weights on disk: fp32, bf16 or fp16 (also float32, bfloat16, float16).",
+    )] = "fp32",
     qlora_base: Annotated[str, typer.Option(
         "--qlora-base", help="QLoRA only: merge into the 'dequantized' 4/8-bit base it was trained "
         "against (the merged model is the trained model) or the 'original' full-precision base.",

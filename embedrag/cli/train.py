@@ -215,8 +215,8 @@ def train(
     max_grad_norm: Annotated[float, typer.Option(
         "--max-grad-norm", help="Gradient clipping (0 = off).", rich_help_panel=_OPT)] = 1.0,
     mixed_precision: Annotated[str, typer.Option(
-        "--mixed-precision", "--mixed_precision", help="no, fp16 or bf16 (bf16 also on recent CPUs).",
-        rich_help_panel=_OPT)] = "no",
+        "--mixed-precision", "--mixed_precision", help="fp32 (or no), fp16 or bf16 (bf16 also on recent CPUs).",
+        rich_help_panel=_OPT)] = "fp32",
     attention_dropout: Annotated[str, typer.Option(
         "--attention-dropout", help="Dropout on attention probabilities while training, or 'model' for the "
         "model's own (0.1 for BERT-style models). 0 lets the fused attention kernel run: ~1.5x faster steps "

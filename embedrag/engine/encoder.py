@@ -31,6 +31,7 @@ from embedrag.engine.adapter_loading import (
 from embedrag.engine.errors import ConfigError
 from embedrag.engine.models import resolve_model
 from embedrag.engine.pooling import POOLING_MODES
+from embedrag.engine.precision import PRECISION_CHOICES, PRECISIONS, canonical_precision  # noqa: F401
 from embedrag.engine.st_format import read_st_settings, write_st_files
 
 if TYPE_CHECKING:
@@ -41,9 +42,8 @@ logger = logging.getLogger(__name__)
 
 EMBEDRAG_CONFIG = "embedrag.json"
 FORMAT_VERSION = 1
-PRECISIONS = ("fp32", "bf16", "fp16")
-# "auto": bf16 where the hardware computes it natively, else fp32 (see resolve_precision).
-PRECISION_CHOICES = ("auto", *PRECISIONS)
+# PRECISIONS, PRECISION_CHOICES: "auto" is bf16 where the hardware computes it natively,
+# else fp32 (see resolve_precision).
 
 # Causal-LM families whose AutoModel is a decoder: last-token pooling by default.
 _DECODER_TYPES = {
@@ -628,8 +628,7 @@ def resolve_precision(precision: str, device: Any = "cpu") -> str:
     Measured on SciFact (benchmarks/RESULTS.md): bf16 autocast encodes all-MiniLM-L6-v2
     1.6-1.75x faster than fp32 (two runs) on an AVX512-BF16 CPU, min cosine to fp32 0.99997, nDCG@10
     within 0.002; on a CPU without native bf16 it is 6x slower, hence fp32 there."""
-    if precision not in PRECISION_CHOICES:
-        raise ConfigError(f"precision must be one of {', '.join(PRECISION_CHOICES)}, got {precision!r}")
+    precision = canonical_precision(precision)
     if precision != "auto":
         return precision
     return "bf16" if native_bf16(device) else "fp32"

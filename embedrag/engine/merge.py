@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+# The original script's spellings; any spelling of engine.precision is accepted.
 PRECISIONS = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 QLORA_BASES = ("dequantized", "original")
 PROBE_TEXTS = [
@@ -212,7 +213,7 @@ def merge(
     output_path: str | os.PathLike,
     *,
     base_model: str | None = None,
-    training_precision: str = "float32",
+    training_precision: str = "fp32",
     qlora_base: str = "dequantized",
     verify: bool = True,
     overwrite: bool = False,
@@ -220,10 +221,11 @@ def merge(
 ) -> MergeResult:
     """Merge the adapter at ``adapter_path`` into its base and write a standalone model."""
     from embedrag.engine.encoder import Encoder, read_embedding_config
+    from embedrag.engine.precision import canonical_precision
 
-    if training_precision not in PRECISIONS:
-        raise ConfigError(f"--training-precision must be one of {', '.join(PRECISIONS)}, "
-                          f"got {training_precision!r}")
+    # Recorded and compared in the original's spelling (float32, bfloat16, float16).
+    training_precision = {v: k for k, v in PRECISIONS.items()}[
+        canonical_precision(training_precision, "--training-precision", allow_auto=False)]
     if qlora_base not in QLORA_BASES:
         raise ConfigError(f"--qlora-base must be one of {', '.join(QLORA_BASES)}, got {qlora_base!r}")
     output = Path(output_path)

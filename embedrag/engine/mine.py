@@ -87,7 +87,7 @@ class MineConfig:
     max_batch_tokens: int | None = None
 
     def validate(self) -> MineConfig:
-        from embedrag.engine.encoder import PRECISION_CHOICES
+        from embedrag.engine.precision import canonical_precision
 
         if self.negatives < 1:
             raise ConfigError(f"--negatives must be at least 1, got {self.negatives}")
@@ -106,8 +106,7 @@ class MineConfig:
             raise ConfigError(f"--batch-size must be positive, got {self.batch_size}")
         if self.num_processes < 1:
             raise ConfigError(f"--num-processes must be positive, got {self.num_processes}")
-        if self.precision not in PRECISION_CHOICES:
-            raise ConfigError(f"precision must be one of {', '.join(PRECISION_CHOICES)}, got {self.precision!r}")
+        self.precision = canonical_precision(self.precision)
         if self.max_batch_tokens is not None and self.max_batch_tokens < 1:
             raise ConfigError(f"--max-batch-tokens must be positive, got {self.max_batch_tokens}")
         return self

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from embedrag.engine.atomic import write_json
 from embedrag.engine.data import Example, load_examples
 from embedrag.engine.errors import ConfigError
+from embedrag.engine.precision import accelerate_mixed_precision
 from embedrag.engine.sampling import ContrastiveBatch, EpochSampler
 from embedrag.engine.train_config import TrainConfig, default_temperature
 
@@ -382,7 +383,7 @@ class _Trainer:
         )
 
         config = self.config
-        self.accelerator = _accelerator(config.mixed_precision)
+        self.accelerator = _accelerator(accelerate_mixed_precision(config.mixed_precision))
         set_seed(config.seed)
         init = resolve_init(config.init_from, config.model)
         if config.finetune_type == "auto":
@@ -548,7 +549,7 @@ class _Trainer:
         import torch
 
         limit = self.config.max_grad_norm if self.config.max_grad_norm > 0 else float("inf")
-        if self.accelerator.num_processes > 1 or self.config.mixed_precision == "fp16":
+        if self.accelerator.num_processes > 1 or accelerate_mixed_precision(self.config.mixed_precision) == "fp16":
             norm = self.accelerator.clip_grad_norm_(self.parameters, limit)
         else:
             norm = torch.nn.utils.clip_grad_norm_(self.parameters, limit)

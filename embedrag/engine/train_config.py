@@ -8,9 +8,10 @@ from pathlib import Path
 from embedrag.engine.errors import ConfigError
 from embedrag.engine.finetune import FINETUNE_CHOICES, QLORA_INITS, LoraSettings
 from embedrag.engine.models import DEFAULT_MODEL, canonical_model_name
+from embedrag.engine.precision import accelerate_mixed_precision
 
 SCHEDULERS = ("linear", "cosine", "constant")
-MIXED_PRECISION = ("no", "fp16", "bf16")
+MIXED_PRECISION = ("no", "fp32", "fp16", "bf16")  # "no" = "fp32"; see engine.precision
 BEST_METRICS = ("ndcg@10", "recall@10", "mrr@10", "loss")
 LOSSES = ("infonce", "margin-ranking")
 FINAL_MODELS = ("best", "last")
@@ -111,7 +112,7 @@ class TrainConfig:
     save_on_epoch_end: bool = True
     save_steps: int | None = None
     save_total_limit: int | None = None
-    mixed_precision: str = "no"
+    mixed_precision: str = "fp32"  # fp32, bf16 or fp16 (engine.precision; "no" = fp32)
     gradient_checkpointing: bool = False
     eval_steps: int | None = None
     eval_on_start: bool = True
@@ -197,8 +198,10 @@ class TrainConfig:
             yield f"--qlora-init must be one of {', '.join(QLORA_INITS)}, got {self.qlora_init!r}"
         if self.scheduler not in SCHEDULERS:
             yield f"--scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}"
-        if self.mixed_precision not in MIXED_PRECISION:
-            yield f"--mixed-precision must be one of {', '.join(MIXED_PRECISION)}, got {self.mixed_precision!r}"
+        try:  # fp32/bf16/fp16 as everywhere else; "no" (accelerate's word for fp32) kept
+            accelerate_mixed_precision(self.mixed_precision)
+        except ConfigError as exc:
+            yield str(exc)
         if self.metric_for_best not in BEST_METRICS:
             yield f"--metric-for-best must be one of {', '.join(BEST_METRICS)}, got {self.metric_for_best!r}"
         validating = self.eval_dataset or self.auto_validation
