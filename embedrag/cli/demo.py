@@ -11,6 +11,7 @@ from rich.table import Table
 
 from embedrag.cli._common import console, reports_errors
 from embedrag.engine.demo import DEMO_EPOCHS
+from embedrag.engine.models import DEFAULT_MODEL
 
 
 @reports_errors
@@ -20,7 +21,7 @@ def demo(
         "--finetune-type", help="auto, qlora, lora or full (auto: full for all-MiniLM-L6-v2).")] = "auto",
     epochs: Annotated[int, typer.Option(min=1, help="Training epochs over the slice's training queries.")] = DEMO_EPOCHS,
     model: Annotated[str, typer.Option("--model", "-m", help="Model to fine-tune.")
-                     ] = "sentence-transformers/all-MiniLM-L6-v2",
+                     ] = DEFAULT_MODEL,
     data: Annotated[Path | None, typer.Option(
         help="BEIR folder with train.jsonl and test.jsonl. [default: datasets/scifact-slice]",
         show_default=False)] = None,

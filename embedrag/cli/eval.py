@@ -11,6 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from embedrag.cli._common import MAX_BATCH_TOKENS_HELP, PRECISION_HELP, console, reports_errors
+from embedrag.engine.models import DEFAULT_MODEL
 
 DEFAULT_TABLE = "ndcg@10,recall@10,mrr@10,map@10,precision@10,hit@5,recall@100"
 # Over each line's own candidates, hit@K is the Top-K accuracy of the ScienceQA report.
@@ -145,7 +146,7 @@ def eval_command(
                 tasks[label] = bars.add_task(escape(label), total=total)
             bars.update(tasks[label], completed=done)
 
-        report = evaluate(test_set, model or ["all-MiniLM-L6-v2"], ks=ks, batch_size=batch_size,
+        report = evaluate(test_set, model or [DEFAULT_MODEL], ks=ks, batch_size=batch_size,
                           cache_dir=cache_dir, use_cache=cache, candidates=candidates,
                           max_length=max_length, progress=progress,
                           num_processes=num_processes, precision=precision, max_batch_tokens=max_batch_tokens)

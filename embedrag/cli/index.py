@@ -11,6 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from embedrag.cli._common import MAX_BATCH_TOKENS_HELP, PRECISION_HELP, console, reports_errors
+from embedrag.engine.models import DEFAULT_MODEL
 
 
 @reports_errors
@@ -18,7 +19,7 @@ def index(
     input: Annotated[list[Path], typer.Option(
         "--input", "-i", help=".jsonl, .txt, .md files or folders of them (repeatable).", show_default=False)],
     model: Annotated[str, typer.Option("--model", "-m", help="Embedding model (folder, hub id, merged model).")
-                     ] = "sentence-transformers/all-MiniLM-L6-v2",
+                     ] = DEFAULT_MODEL,
     db: Annotated[Path, typer.Option(help="LanceDB folder.")] = Path("embedrag.lancedb"),
     table: Annotated[str, typer.Option(help="Table name.")] = "docs",
     mode: Annotated[str, typer.Option(help="create, append, overwrite or upsert (by document id).")] = "create",

@@ -11,6 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from embedrag.cli._common import MAX_BATCH_TOKENS_HELP, PRECISION_HELP, console, reports_errors
+from embedrag.engine.models import DEFAULT_MODEL
 
 _SELECT = "Selection"
 _SOURCE = "Candidates"
@@ -34,7 +35,7 @@ def mine(
         rich_help_panel=_SOURCE)] = None,
     table: Annotated[str, typer.Option(help="Table name, with --db.", rich_help_panel=_SOURCE)] = "docs",
     model: Annotated[str, typer.Option("--model", "-m", help="Model that ranks the candidates.",
-                                       rich_help_panel=_SOURCE)] = "sentence-transformers/all-MiniLM-L6-v2",
+                                       rich_help_panel=_SOURCE)] = DEFAULT_MODEL,
     strategy: Annotated[str, typer.Option(
         help="dense (the model), bm25, or hybrid (both, reciprocal-rank fused).", rich_help_panel=_SOURCE)
     ] = "dense",

