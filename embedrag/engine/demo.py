@@ -79,7 +79,6 @@ def run_demo(
     from embedrag.engine.store import Retriever
     from embedrag.engine.testsets import load_beir_testset
     from embedrag.engine.train import train
-    from embedrag.engine.train_config import TrainConfig
 
     folder = Path(data) if data else default_data()
     if folder is None:
@@ -106,17 +105,7 @@ def run_demo(
                  lambda: evaluate(test_set, [f"base={model}"], cache_dir=work / "embedding-cache",
                                   precision=precision).models[0])
     run = work / "run"
-    # The test queries are never seen in training: the run validates on its own held-out
-    # share of train.jsonl, over a small pool so that validating stays cheap.
-    config = TrainConfig(train_datasets=[str(folder / "train.jsonl")], output_dir=str(run), model=model,
-                         finetune_type=finetune_type, epochs=epochs, validation_pool_size=300,
-                         # One hard negative per query halves the passages per step, and
-                         # 128-token passages (all-MiniLM-L6-v2's own training length) halve
-                         # their cost again; the tuned model embeds at the base's length.
-                         batch_size=16, neg_nums=1, query_max_len=64,
-                         passage_max_len=training_passage_tokens,
-                         lr=lr if lr is not None or finetune_type not in ("auto", "full") else DEMO_FULL_LR,
-                         overwrite_output_dir=True, tensorboard=False, save_on_epoch_end=False)
+    config = _train_config(folder, run, model, finetune_type, epochs, training_passage_tokens, lr)
     trained = timed("train", f"{finetune_type}, {epochs} epoch(s), validation on held-out training queries",
                     lambda: train(config, train_callback))
     final = trained.final_dir
@@ -143,6 +132,23 @@ def run_demo(
     return DemoResult(workdir=work, finetune_type=finetune_type, before=base.metrics, after=tuned.metrics,
                       answer=answer, paths=paths, seconds=seconds, comparisons=comparisons,
                       verdict=trained.verdict)
+
+
+def _train_config(folder: Path, run: Path, model: str, finetune_type: str, epochs: int,
+                  passage_tokens: int, lr: float | None) -> Any:
+    """The demo's training run: small and cheap, validated on its own held-out queries."""
+    from embedrag.engine.train_config import TrainConfig
+
+    # The test queries are never seen in training: the run validates on its own held-out
+    # share of train.jsonl, over a small pool so that validating stays cheap.
+    return TrainConfig(train_datasets=[str(folder / "train.jsonl")], output_dir=str(run), model=model,
+                       finetune_type=finetune_type, epochs=epochs, validation_pool_size=300,
+                       # One hard negative per query halves the passages per step, and
+                       # 128-token passages (all-MiniLM-L6-v2's own training length) halve
+                       # their cost again; the tuned model embeds at the base's length.
+                       batch_size=16, neg_nums=1, query_max_len=64, passage_max_len=passage_tokens,
+                       lr=lr if lr is not None or finetune_type not in ("auto", "full") else DEMO_FULL_LR,
+                       overwrite_output_dir=True, tensorboard=False, save_on_epoch_end=False)
 
 
 def _index_passages(folder: Path, test_set: Any, model_dir: Path, passage_tokens: int, db: Path,
