@@ -30,7 +30,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("data", ["data", "documents", "testsets"]),
     ("encoding", ["precision", "models", "pooling", "st_format", "adapter_loading", "parallel",
                   "encoder", "fingerprint", "validate"]),
-    ("retrieval", ["search", "bm25", "lexical", "store"]),
+    ("retrieval", ["search", "lexical", "store"]),
     ("evaluation", ["metrics", "significance", "evaluate"]),
     ("mining", ["mine"]),
     ("training", ["train_config", "sampling", "contrastive", "loss", "loss.*", "finetune",

@@ -12,9 +12,9 @@ import pytest
 from typer.testing import CliRunner
 
 from embedrag.cli import app
-from embedrag.engine.bm25 import BM25Index, tokenize
 from embedrag.engine.data import Example
 from embedrag.engine.errors import ConfigError
+from embedrag.engine.lexical import BM25Ranker, tokenize
 from embedrag.engine.mine import (
     Corpus,
     MineConfig,
@@ -185,25 +185,18 @@ def test_config_and_range_errors():
             MineConfig(**kwargs).validate()
 
 
-def test_bm25_equals_a_hand_computation():
+def test_bm25_candidates_are_ranked_padded_and_exclude_passages_with_no_common_term():
+    """Scores themselves are checked against Lucene's formula in test_significance.py."""
     texts = ["the cat sat on the mat", "the dog sat", "cats and dogs", "牛肉麵 很好吃"]
-    index = BM25Index(texts)
+    ranker = BM25Ranker(texts)
     assert tokenize("牛肉麵 Hello, World!") == ["牛", "肉", "麵", "hello", "world"]
-    n, k1, b = 4, 1.2, 0.75
-    lengths = [6, 3, 3, 6]
-    avg = sum(lengths) / n
-
-    def term(tf, df, dl):
-        idf = math.log(1 + (n - df + 0.5) / (df + 0.5))
-        return idf * tf * (k1 + 1) / (tf + k1 * (1 - b + b * dl / avg))
-
-    expected = [term(2, 2, 6) + term(1, 2, 6), term(1, 2, 3) + term(1, 2, 3), 0.0, 0.0]
-    assert index.scores("the sat") == pytest.approx(expected)
-    rows, values = index.search(["the sat", "麵", "nothing matches"], k=3)
-    assert rows[0].tolist() == [0, 1, -1] or rows[0].tolist() == [1, 0, -1]
-    assert rows[0][0] == int(np.argmax(expected))
+    rows, values = ranker.search(["cat sat", "麵", "nothing matches"], k=3)
+    scores = ranker.scores("cat sat")
+    assert rows[0][0] == int(np.argmax(scores)) == 0  # "cat" and "cats" stem alike: 0 and 2 match "cat"
+    assert [r for r in rows[0] if r >= 0] == sorted(np.flatnonzero(scores), key=lambda r: (-scores[r], r))
+    assert (values[0][:-1] >= values[0][1:]).all()
     assert rows[1].tolist() == [3, -1, -1] and values[1][0] > 0
-    assert rows[2].tolist() == [-1, -1, -1]
+    assert rows[2].tolist() == [-1, -1, -1] and not values[2].any()
 
 
 # ---------------------------------------------------------------------- CLI, real models

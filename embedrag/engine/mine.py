@@ -301,9 +301,9 @@ def _candidate_rankings(query_vectors, corpus_vectors, queries: Sequence[str], c
     if config.strategy in ("dense", "hybrid"):
         dense = exact_search(query_vectors, corpus_vectors, depth).indices
     if config.strategy in ("bm25", "hybrid"):
-        from embedrag.engine.bm25 import BM25Index
+        from embedrag.engine.lexical import BM25Ranker
 
-        bm25 = BM25Index(corpus.texts).search(queries, depth)[0]
+        bm25 = BM25Ranker(corpus.texts).search(queries, depth)[0]
     if config.strategy == "dense":
         return [list(map(int, row)) for row in dense]
     if config.strategy == "bm25":
