@@ -1,5 +1,6 @@
-"""Hard-negative mining: ranges, margins and identity filters honoured exactly; BM25 equal to
-a hand computation; the CLI on real (tiny) models, BEIR folders and LanceDB tables."""
+"""Hard-negative mining: ranges, margins and identity filters honoured exactly; BM25
+candidates ranked and padded as documented; the CLI on real (tiny) models, BEIR folders
+and LanceDB tables."""
 
 from __future__ import annotations
 
