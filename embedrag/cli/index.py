@@ -17,7 +17,8 @@ from embedrag.engine.models import DEFAULT_MODEL
 @reports_errors
 def index(
     input: Annotated[list[Path], typer.Option(
-        "--input", "-i", help=".jsonl, .txt, .md files or folders of them (repeatable).", show_default=False)],
+        "--input", "-i", help=".jsonl, .txt, .md, .pdf, .html, .docx files or folders of them (repeatable; "
+        "PDF, HTML and DOCX need the documents extra).", show_default=False)],
     model: Annotated[str, typer.Option("--model", "-m", help="Embedding model (folder, hub id, merged model).")
                      ] = DEFAULT_MODEL,
     db: Annotated[Path, typer.Option(help="LanceDB folder.")] = Path("embedrag.lancedb"),

@@ -1,25 +1,74 @@
 """Reading documents to index and cutting them into token-sized chunks.
 
 Inputs: ``.jsonl`` (a text field, optional id and title fields, every other field kept
-as metadata; BEIR ``corpus.jsonl`` works as is), ``.txt`` and ``.md`` files, and folders
-of them. Chunks respect paragraph and sentence boundaries where they can and are
+as metadata; BEIR ``corpus.jsonl`` works as is), ``.txt`` and ``.md`` files, ``.pdf``,
+``.html``/``.htm`` and ``.docx`` files (the ``embedrag[documents]`` extra: pypdf,
+trafilatura, python-docx, each imported only when a file of its kind is read), and
+folders of them. Chunks respect paragraph and sentence boundaries where they can and are
 measured in the embedding model's own tokens.
+
+What each reader makes (a Document's metadata is copied to every chunk's row, so it is
+what a search hit, and ``ask``'s sources, can cite):
+
+- PDF: one Document per page with text, id ``<file>#p<N>``, metadata ``page`` (1-based)
+  and ``pages``; the title is the PDF's own title, else the file's stem.
+- HTML: one Document, the page's main text (trafilatura; its plain text extraction when
+  the main-content heuristic finds nothing), one paragraph per extracted block; the title
+  from the page's metadata (og/meta title, a single ``<h1>``, ``<title>``), else the stem.
+- DOCX: one Document per section, a section being a heading (styles ``Heading 1``,
+  ``Heading 2``, ...) with the paragraphs and tables up to the next heading (text before
+  the first heading is a section too); id ``<file>#s<N>``, metadata ``heading_path``
+  (``"Intro > Scope"``, ``""`` before the first heading), ``section`` and ``sections``; the
+  title is the file's core title, else the stem. Per section rather than one Document per
+  file with a list of offsets: chunks keep no offsets, only their Document's metadata, so
+  only per-section Documents let each chunk cite its section. A heading with no text under
+  it (directly followed by a sub-heading) makes no Document of its own; it lives on in its
+  sub-sections' ``heading_path``.
+
+Paragraphs are separated by blank lines (a DOCX table is one paragraph, a line per row),
+so the Chunker packs whole paragraphs. Re-indexing a PDF or DOCX that lost pages or sections with
+``--mode upsert`` leaves the rows of the lost ids; use ``overwrite`` for such changes.
+
+Failures, always one line naming the file:
+
+- a PDF page without extractable text (a scanned page), or a PDF, HTML or DOCX file with
+  no text at all: a WARNING, and that page or file is skipped (never an empty Document);
+- an encrypted PDF that an empty password does not open, a corrupt PDF or DOCX, a file
+  that cannot be read: DataError, which stops the run, also inside a folder;
+- a missing library of the extra: ConfigError, ``reading F needs pypdf: pip install
+  'embedrag[documents]'``;
+- an unsupported file type given as a file: DataError naming the supported types; inside
+  a folder, files of other types (and Word's ``~$`` lock files) are skipped, and a folder
+  with no supported file is a DataError.
 """
 
 from __future__ import annotations
 
+import importlib
+import io
+import logging
 import os
 import re
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from embedrag.engine.errors import ConfigError, DataError
+from embedrag.engine.errors import ConfigError, DataError, EmbedragError
 
 TEXT_SUFFIXES = (".txt", ".md", ".markdown")
+PDF_SUFFIXES = (".pdf",)
+HTML_SUFFIXES = (".html", ".htm")
+DOCX_SUFFIXES = (".docx",)
+SUPPORTED_SUFFIXES = (".jsonl", *TEXT_SUFFIXES, *PDF_SUFFIXES, *HTML_SUFFIXES, *DOCX_SUFFIXES)
+SUPPORTED_TYPES = ".jsonl, .txt, .md, .pdf, .html, .docx"
+DOCUMENTS_EXTRA = "pip install 'embedrag[documents]'"
 _SENTENCE_END = re.compile(r"(?<=[.!?。！？])\s+|(?<=[。！？])")
 _PARAGRAPH = re.compile(r"\n\s*\n")
+_HEADING_STYLE = re.compile(r"heading ?(\d+)", re.IGNORECASE)
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -58,33 +107,186 @@ def _jsonl_documents(path: Path, fields: JsonlFields) -> Iterator[Document]:
         yield Document(id=doc_id, text=text, title=str(title), source=str(path), metadata=metadata)
 
 
+def _doc_id(path: Path, root: Path | None) -> str:
+    return str(path.relative_to(root)) if root else path.name
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise DataError([f"{path}: cannot read it ({(exc.strerror or str(exc)).lower()})"]) from exc
+
+
 def _text_document(path: Path, root: Path | None) -> Document:
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        text = _read_bytes(path).decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise DataError([f"{path}: not valid UTF-8"]) from exc
+    text = text.replace("\r\n", "\n").replace("\r", "\n")  # as read_text's universal newlines
     title = ""
     for line in text.splitlines():
         if line.strip():
             title = line.lstrip("#").strip() if line.lstrip().startswith("#") else ""
             break
-    doc_id = str(path.relative_to(root)) if root else path.name
-    return Document(id=doc_id, text=text, title=title or path.stem, source=str(path))
+    return Document(id=_doc_id(path, root), text=text, title=title or path.stem, source=str(path))
+
+
+# ------------------------------------------------------- PDF, HTML and DOCX readers
+def _library(module: str, package: str, path: Path):
+    """``module``, imported on first use; a one-line ConfigError naming the extra if absent."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise ConfigError(f"reading {path} needs {package}: {DOCUMENTS_EXTRA}") from exc
+
+
+@contextmanager
+def _parsing(path: Path, kind: str, quiet: str):
+    """Any failure of the parser as one DataError naming the file; the parser's own log
+    (``quiet``: its logger, which talks about every oddity it repairs) below ERROR muted."""
+    parser_logger = logging.getLogger(quiet)
+    level = parser_logger.level
+    parser_logger.setLevel(logging.ERROR)
+    try:
+        yield
+    except (EmbedragError, MemoryError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - a corrupt file can fail a parser anywhere
+        detail = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        if type(exc).__name__ == "DependencyError":  # pypdf: AES needs cryptography
+            raise ConfigError(f"reading {path} needs a library pypdf lacks ({detail}): "
+                              f"{DOCUMENTS_EXTRA}") from exc
+        raise DataError([f"{path}: not a readable {kind} file ({detail})"]) from exc
+    finally:
+        parser_logger.setLevel(level)
+
+
+def _skipped(path: Path, what: str) -> list[Document]:
+    logger.warning("%s: %s; skipped", path, what)
+    return []
+
+
+def _pdf_documents(path: Path, root: Path | None) -> list[Document]:
+    pypdf = _library("pypdf", "pypdf", path)
+    raw = _read_bytes(path)
+    with _parsing(path, "PDF", "pypdf"):
+        reader = pypdf.PdfReader(io.BytesIO(raw))
+        if reader.is_encrypted and not reader.decrypt(""):
+            raise DataError([f"{path}: encrypted PDF that needs a password; decrypt it first "
+                             "(qpdf --decrypt --password=... IN OUT)"])
+        texts = [(page.extract_text() or "").strip() for page in reader.pages]
+        try:
+            title = str(getattr(reader.metadata, "title", None) or "").strip()
+        except Exception:  # noqa: BLE001 - a broken info dictionary costs only the title
+            title = ""
+    empty = [number for number, text in enumerate(texts, 1) if not text]
+    if len(empty) == len(texts):
+        return _skipped(path, "no extractable text (a scanned PDF without a text layer?)")
+    if empty:
+        shown = ", ".join(map(str, empty[:10])) + (f" and {len(empty) - 10} more" if len(empty) > 10 else "")
+        logger.warning("%s: page(s) %s have no extractable text (scanned?); skipped those pages", path, shown)
+    base = _doc_id(path, root)
+    return [Document(id=f"{base}#p{number}", text=text, title=title or path.stem, source=str(path),
+                     metadata={"page": number, "pages": len(texts)})
+            for number, text in enumerate(texts, 1) if text]
+
+
+def _html_documents(path: Path, root: Path | None) -> list[Document]:
+    trafilatura = _library("trafilatura", "trafilatura", path)
+    raw = _read_bytes(path)
+    with _parsing(path, "HTML", "trafilatura"):
+        text = trafilatura.extract(raw, include_comments=False, include_tables=True) or ""
+        if not text.strip():  # the main-content heuristic found nothing: take all the text
+            text = trafilatura.html2txt(raw) or ""
+        title = str(getattr(trafilatura.extract_metadata(raw), "title", None) or "").strip()
+    paragraphs = [line.strip() for line in text.splitlines() if line.strip()]
+    if not paragraphs:
+        return _skipped(path, "no text found")
+    return [Document(id=_doc_id(path, root), text="\n\n".join(paragraphs), title=title or path.stem,
+                     source=str(path))]
+
+
+def _docx_blocks(document) -> Iterator[tuple[int, str]]:
+    """(heading level or 0, text) of each non-empty paragraph and table, in order; a table
+    is one block, a row a line of ``cell | cell``."""
+    for block in document.iter_inner_content():
+        if hasattr(block, "rows"):
+            lines = []
+            for row in block.rows:
+                cells, seen = [], set()
+                for cell in row.cells:  # a merged cell comes once per grid column it spans
+                    if id(cell._tc) not in seen:
+                        seen.add(id(cell._tc))
+                        cells.append(cell.text.strip())
+                if any(cells):
+                    lines.append(" | ".join(cells))
+            if lines:
+                yield 0, "\n".join(lines)
+            continue
+        text = block.text.strip()
+        if text:
+            style = getattr(getattr(block, "style", None), "name", None) or ""
+            match = _HEADING_STYLE.fullmatch(style.strip())
+            yield (int(match.group(1)) if match else 0), text
+
+
+def _docx_sections(document) -> list[tuple[str, list[str]]]:
+    """(heading path, paragraphs) per section that has text under its heading."""
+    sections: list[tuple[str, list[str]]] = []
+    headings: list[tuple[int, str]] = []
+    paragraphs: list[str] = []
+    has_body = False
+    for level, text in _docx_blocks(document):
+        if level:
+            if has_body:
+                sections.append((" > ".join(h for _, h in headings), paragraphs))
+            while headings and headings[-1][0] >= level:
+                headings.pop()
+            headings.append((level, text))
+            paragraphs, has_body = [text], False
+        else:
+            paragraphs.append(text)
+            has_body = True
+    if has_body:
+        sections.append((" > ".join(h for _, h in headings), paragraphs))
+    return sections
+
+
+def _docx_documents(path: Path, root: Path | None) -> list[Document]:
+    docx = _library("docx", "python-docx", path)
+    raw = _read_bytes(path)
+    with _parsing(path, "DOCX", "docx"):
+        document = docx.Document(io.BytesIO(raw))
+        title = str(document.core_properties.title or "").strip()
+        sections = _docx_sections(document)
+    if not sections:
+        return _skipped(path, "no text found")
+    base = _doc_id(path, root)
+    return [Document(id=f"{base}#s{number}", text="\n\n".join(paragraphs), title=title or path.stem,
+                     source=str(path), metadata={"heading_path": heading_path, "section": number,
+                                                 "sections": len(sections)})
+            for number, (heading_path, paragraphs) in enumerate(sections, 1)]
+
+
+_READERS = {**{s: _pdf_documents for s in PDF_SUFFIXES}, **{s: _html_documents for s in HTML_SUFFIXES},
+            **{s: _docx_documents for s in DOCX_SUFFIXES}}
 
 
 def read_documents(inputs: Sequence[str | os.PathLike], *, fields: JsonlFields | None = None,
                    glob: str = "**/*") -> Iterator[Document]:
-    """Every document of the given files and folders, in a stable order."""
+    """Every document of the given files and folders, in a stable order (see the module's
+    docstring for what each file type becomes and how failures are reported)."""
     fields = fields or JsonlFields()
     for raw in inputs:
         path = Path(raw)
         if not path.exists():
             raise DataError([f"{path}: no such file or folder"])
         if path.is_dir():
-            files = sorted(p for p in path.glob(glob) if p.is_file()
-                           and p.suffix.lower() in (".jsonl", *TEXT_SUFFIXES))
+            files = sorted(p for p in path.glob(glob) if p.is_file() and not p.name.startswith("~$")
+                           and p.suffix.lower() in SUPPORTED_SUFFIXES)  # ~$x.docx: Word's lock file
             if not files:
-                raise DataError([f"{path}: no .jsonl, .txt or .md files (glob {glob!r})"])
+                raise DataError([f"{path}: no {SUPPORTED_TYPES} files (glob {glob!r})"])
             for file in files:
                 yield from _file_documents(file, fields, root=path)
         else:
@@ -97,8 +299,10 @@ def _file_documents(path: Path, fields: JsonlFields, root: Path | None) -> Itera
         yield from _jsonl_documents(path, fields)
     elif suffix in TEXT_SUFFIXES:
         yield _text_document(path, root)
+    elif suffix in _READERS:
+        yield from _READERS[suffix](path, root)
     else:
-        raise DataError([f"{path}: unsupported file type {suffix or '(none)'}; use .jsonl, .txt or .md"])
+        raise DataError([f"{path}: unsupported file type {suffix or '(none)'}; supported: {SUPPORTED_TYPES}"])
 
 
 # ---------------------------------------------------------------------- chunking
