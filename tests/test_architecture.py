@@ -34,7 +34,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("evaluation", ["metrics", "significance", "evaluate"]),
     ("mining", ["mine"]),
     ("training", ["train_config", "sampling", "contrastive", "loss", "loss.*", "finetune",
-                  "launch", "holdout", "train", "merge"]),
+                  "launch", "holdout", "checkpoints", "train", "merge"]),
     ("rag", ["rag"]),
     ("tools", ["demo", "doctor"]),
     ("cli", ["embedrag.__main__", "embedrag.cli", "embedrag.cli.*"]),

@@ -8,10 +8,8 @@ Only the main process writes files; progress goes to a :class:`TrainCallback`.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import random
 import resource
 import shutil
 import sys
@@ -22,6 +20,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from embedrag.engine.atomic import write_json
+from embedrag.engine.checkpoints import (
+    TrainState,
+    find_checkpoint,
+    read_state,
+    restore_checkpoint,
+    rotate_checkpoints,
+    write_checkpoint,
+)
 from embedrag.engine.data import Example, load_examples
 from embedrag.engine.errors import ConfigError
 from embedrag.engine.precision import accelerate_mixed_precision
@@ -35,8 +41,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-TRAINER_STATE = "trainer_state.json"
-TRAINABLE_STATE = "trainable_state.safetensors"
 DETAILED_LOGS = "detailed_training_logs.json"
 EPOCH_LOSSES = "training_losses.json"
 SUMMARY_REPORT = "training_summary_report.json"
@@ -215,55 +219,6 @@ def _reset_peak_memory(device_type: str) -> None:
         pass
 
 
-def _rng_state() -> dict[str, Any]:
-    import numpy as np
-    import torch
-
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    import numpy as np
-    import torch
-
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def checkpoint_dirs(output_dir: Path) -> list[Path]:
-    """Complete checkpoints (their trainer state was written last), oldest first."""
-    found = []
-    for path in Path(output_dir).glob("checkpoint-*"):
-        state_file = path / TRAINER_STATE
-        if path.is_dir() and state_file.is_file():
-            try:
-                step = json.loads(state_file.read_text(encoding="utf-8"))["global_step"]
-            except (ValueError, KeyError):
-                continue
-            found.append((step, path.stat().st_mtime, path))
-    return [p for _, _, p in sorted(found)]
-
-
-def find_checkpoint(output_dir: Path, spec: str) -> Path:
-    """``latest`` or an explicit checkpoint folder."""
-    if spec == "latest":
-        found = checkpoint_dirs(output_dir)
-        if not found:
-            raise ConfigError(f"--resume-from-checkpoint latest: no complete checkpoint in {output_dir}")
-        return found[-1]
-    path = Path(spec)
-    if not (path / TRAINER_STATE).is_file():
-        raise ConfigError(f"--resume-from-checkpoint {spec}: not a complete checkpoint "
-                          f"(no {TRAINER_STATE})")
-    return path
-
-
 def validation_set(spec: str, split: str = "test"):
     """The validation examples (for the loss) and test set (for retrieval metrics) of
     ``--eval-dataset``: a JSONL file (passages pooled across its lines) or a BEIR folder
@@ -302,29 +257,11 @@ class _Trainer:
         self.config = config
         self.callback = callback or TrainCallback()
         self.output_dir = Path(config.output_dir)
-        self.logs: list[dict[str, Any]] = []
-        self.epoch_losses: list[dict[str, Any]] = []
-        self.global_step = 0
-        self.epoch = 0
-        self.micro_step = 0
-        self.epoch_loss_sum = 0.0
-        self.epoch_loss_count = 0
-        self.best_metric: float | None = None
-        self.best_step: int | None = None
-        self.bad_evaluations = 0
-        self.last_metrics: dict[str, float] = {}
-        self.base_metrics: dict[str, float] = {}
-        # Per-query validation scores of the base model, the latest and the best evaluation,
-        # for the verdict's paired test.
-        self.base_per_query: dict[str, dict[str, float]] = {}
-        self.last_per_query: dict[str, dict[str, float]] = {}
-        self.best_per_query: dict[str, dict[str, float]] = {}
-        self.last_eval_step: int | None = None
+        self.state = TrainState()  # what a checkpoint saves and a resume restores
+        self.last_per_query: dict[str, dict[str, float]] = {}  # the latest evaluation's
         self.holdout: dict[str, Any] | None = None
         self.finetune_choice: str | None = None  # why --finetune-type auto chose what it did
         self.stopped_early = False
-        self.samples_seen = 0
-        self.tokens_seen = 0
         self.seconds_before_resume = 0.0
 
     # ------------------------------------------------------------ set-up
@@ -560,17 +497,17 @@ class _Trainer:
             self.writer = self._tensorboard()
             self.started = self.start_info()
             self.callback.on_start(self.started)
-        if self.eval_examples and self.config.eval_on_start and self.global_step == 0:
-            self.base_metrics = self.evaluate()
-            self.base_per_query = self.last_per_query
+        if self.eval_examples and self.config.eval_on_start and self.state.global_step == 0:
+            self.state.base_metrics = self.evaluate()
+            self.state.base_per_query = self.last_per_query
             if self.is_main:
                 if self.writer is not None:
-                    for key, value in self.base_metrics.items():
+                    for key, value in self.state.base_metrics.items():
                         self.writer.add_scalar(f"eval/{key}", value, 0)
-                self.callback.on_evaluate({**self.base_metrics, "step": 0})
+                self.callback.on_evaluate({**self.state.base_metrics, "step": 0})
         with _StopRequest() as stop:
             self._loop(stop, accumulation)
-        if self.eval_examples and self.last_eval_step != self.global_step:
+        if self.eval_examples and self.state.last_eval_step != self.state.global_step:
             self._maybe_evaluate(epoch_end=True)  # the model that training ended with is judged too
         seconds = self.seconds_before_resume + time.perf_counter() - start
         return self._finish(seconds)
@@ -578,9 +515,9 @@ class _Trainer:
     def _loop(self, stop: _StopRequest, accumulation: int) -> None:
         window_loss = 0.0
         window_micro = 0
-        while self.epoch < self.num_epochs and not self._done():
-            for batch in self.sampler.batches(self.epoch, self.micro_step):
-                micro_in_epoch = self.micro_step
+        while self.state.epoch < self.num_epochs and not self._done():
+            for batch in self.sampler.batches(self.state.epoch, self.state.micro_step):
+                micro_in_epoch = self.state.micro_step
                 last_of_epoch = micro_in_epoch + 1 == self.micro_steps_per_epoch
                 window_size = min(accumulation, self.micro_steps_per_epoch
                                   - (micro_in_epoch // accumulation) * accumulation)
@@ -591,19 +528,19 @@ class _Trainer:
                 loss, tokens = step.loss, step.tokens
                 window_loss += loss
                 window_micro += 1
-                self.samples_seen += len(batch) * self.accelerator.num_processes
-                self.tokens_seen += tokens * self.accelerator.num_processes
-                self.micro_step += 1
+                self.state.samples_seen += len(batch) * self.accelerator.num_processes
+                self.state.tokens_seen += tokens * self.accelerator.num_processes
+                self.state.micro_step += 1
                 if not is_update:
                     continue
                 grad_norm = self._clip()
                 self.optimizer.step()
                 self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
-                self.global_step += 1
+                self.state.global_step += 1
                 step_loss = self._mean_across_processes(window_loss / window_micro)
-                self.epoch_loss_sum += step_loss
-                self.epoch_loss_count += 1
+                self.state.epoch_loss_sum += step_loss
+                self.state.epoch_loss_count += 1
                 window_loss, window_micro = 0.0, 0
                 self._log_step(step_loss, grad_norm)
                 if last_of_epoch:
@@ -628,18 +565,18 @@ class _Trainer:
         """Save where the run stands (unless this step was just saved) and leave."""
         from embedrag.engine.errors import TrainingInterrupted
 
-        target = saved or self.output_dir / f"checkpoint-step-{self.global_step}"
+        target = saved or self.output_dir / f"checkpoint-step-{self.state.global_step}"
         if saved is None:
             self.accelerator.wait_for_everyone()
             if self.is_main:
                 self._atomic_folder(target, self._write_checkpoint)
                 self._write_logs()
             self.accelerator.wait_for_everyone()
-        raise TrainingInterrupted(f"interrupted at step {self.global_step} of {self.total_updates}: checkpoint "
+        raise TrainingInterrupted(f"interrupted at step {self.state.global_step} of {self.total_updates}: checkpoint "
                                   f"{target}; continue with --resume-from-checkpoint latest")
 
     def _done(self) -> bool:
-        return self.global_step >= self.total_updates or self.stopped_early
+        return self.state.global_step >= self.total_updates or self.stopped_early
 
     def _mean_across_processes(self, value: float) -> float:
         if self.accelerator.num_processes == 1:
@@ -650,52 +587,52 @@ class _Trainer:
         return float(self.accelerator.reduce(tensor, reduction="mean"))
 
     def _end_epoch(self) -> None:
-        average = self.epoch_loss_sum / max(self.epoch_loss_count, 1)
-        self.epoch_losses.append({"epoch": self.epoch + 1, "average_loss": average,
-                                  "steps": self.epoch_loss_count, "global_step": self.global_step})
-        self.epoch += 1
-        self.micro_step = 0
-        self.epoch_loss_sum, self.epoch_loss_count = 0.0, 0
+        average = self.state.epoch_loss_sum / max(self.state.epoch_loss_count, 1)
+        self.state.epoch_losses.append({"epoch": self.state.epoch + 1, "average_loss": average,
+                                  "steps": self.state.epoch_loss_count, "global_step": self.state.global_step})
+        self.state.epoch += 1
+        self.state.micro_step = 0
+        self.state.epoch_loss_sum, self.state.epoch_loss_count = 0.0, 0
 
     def elapsed(self) -> float:
         return self.seconds_before_resume + time.perf_counter() - self.run_start
 
     def _log_step(self, loss: float, grad_norm: float) -> None:
         seconds = self.elapsed()
-        epoch_position = self.epoch + self.micro_step / self.micro_steps_per_epoch
+        epoch_position = self.state.epoch + self.state.micro_step / self.micro_steps_per_epoch
         log = {
-            "step": self.global_step,
+            "step": self.state.global_step,
             "epoch": round(epoch_position, 4),
             "loss": loss,
             "lr": self.scheduler.get_last_lr()[0],
             "grad_norm": grad_norm,
             "seconds": round(seconds, 3),
-            "samples_per_second": self.samples_seen / max(seconds, 1e-9),
-            "tokens_per_second": self.tokens_seen / max(seconds, 1e-9),
+            "samples_per_second": self.state.samples_seen / max(seconds, 1e-9),
+            "tokens_per_second": self.state.tokens_seen / max(seconds, 1e-9),
         }
-        self.logs.append(log)
+        self.state.logs.append(log)
         if self.is_main:
             if self.writer is not None:
                 for key in ("loss", "lr", "grad_norm", "samples_per_second"):
-                    self.writer.add_scalar(f"train/{key}", log[key], self.global_step)
+                    self.writer.add_scalar(f"train/{key}", log[key], self.state.global_step)
             self.callback.on_step({**log, "total_steps": self.total_updates})
 
     # ------------------------------------------------------------ validation
     def _maybe_evaluate(self, *, epoch_end: bool) -> None:
         if not self.eval_examples:
             return
-        due = epoch_end or (self.config.eval_steps and self.global_step % self.config.eval_steps == 0)
+        due = epoch_end or (self.config.eval_steps and self.state.global_step % self.config.eval_steps == 0)
         if not due:
             return
         metrics = self.evaluate()
-        self.last_metrics = metrics
-        self.last_eval_step = self.global_step
+        self.state.last_metrics = metrics
+        self.state.last_eval_step = self.state.global_step
         if self.is_main:
             if self.writer is not None:
                 for key, value in metrics.items():
-                    self.writer.add_scalar(f"eval/{key}", value, self.global_step)
-            self.callback.on_evaluate({**metrics, "step": self.global_step})
-        self.logs.append({"step": self.global_step, "epoch": round(self.epoch + self.micro_step
+                    self.writer.add_scalar(f"eval/{key}", value, self.state.global_step)
+            self.callback.on_evaluate({**metrics, "step": self.state.global_step})
+        self.state.logs.append({"step": self.state.global_step, "epoch": round(self.state.epoch + self.state.micro_step
                                                                    / self.micro_steps_per_epoch, 4),
                           **{f"eval_{k}": v for k, v in metrics.items()}})
         self._track_best(metrics)
@@ -728,18 +665,18 @@ class _Trainer:
     def _track_best(self, metrics: dict[str, float]) -> None:
         key = self.config.metric_for_best
         value = metrics[key]
-        better = (self.best_metric is None
-                  or (value < self.best_metric if key == "loss" else value > self.best_metric))
+        better = (self.state.best_metric is None
+                  or (value < self.state.best_metric if key == "loss" else value > self.state.best_metric))
         if better:
-            self.best_metric, self.best_step = value, self.global_step
-            self.best_per_query = self.last_per_query
-            self.bad_evaluations = 0
+            self.state.best_metric, self.state.best_step = value, self.state.global_step
+            self.state.best_per_query = self.last_per_query
+            self.state.bad_evaluations = 0
             if self.is_main:
                 self._save_model(self.output_dir / "best", metrics=metrics)
         else:
-            self.bad_evaluations += 1
+            self.state.bad_evaluations += 1
             patience = self.config.early_stopping_patience
-            if patience is not None and self.bad_evaluations >= patience:
+            if patience is not None and self.state.bad_evaluations >= patience:
                 logger.info("early stopping: %s did not improve for %d evaluation(s)", key, patience)
                 self.stopped_early = True
 
@@ -784,92 +721,44 @@ class _Trainer:
     def _maybe_checkpoint(self, *, epoch_end: bool) -> Path | None:
         names = []
         if epoch_end and self.config.save_on_epoch_end:
-            names.append(f"checkpoint-epoch-{self.epoch}")
-        if self.config.save_steps and self.global_step % self.config.save_steps == 0:
-            names.append(f"checkpoint-step-{self.global_step}")
+            names.append(f"checkpoint-epoch-{self.state.epoch}")
+        if self.config.save_steps and self.state.global_step % self.config.save_steps == 0:
+            names.append(f"checkpoint-step-{self.state.global_step}")
         if not names:
             return None
         self.accelerator.wait_for_everyone()
         if self.is_main:
             for name in names:
                 self._atomic_folder(self.output_dir / name, self._write_checkpoint)
-            self._rotate_checkpoints()
+            rotate_checkpoints(self.output_dir, self.config.save_total_limit)
             self._write_logs()
         self.accelerator.wait_for_everyone()
         return self.output_dir / names[-1]
 
     def _write_checkpoint(self, folder: Path) -> None:
-        import torch
-        from safetensors.torch import save_file
-
-        self._write_model_files(folder)
-        trainable = {name: p.detach().cpu().contiguous()
-                     for name, p in self._unwrapped().named_parameters() if p.requires_grad}
-        save_file(trainable, str(folder / TRAINABLE_STATE))
-        torch.save(self.optimizer.state_dict(), folder / "optimizer.pt")
-        torch.save(self.scheduler.state_dict(), folder / "scheduler.pt")
-        torch.save(_rng_state(), folder / "rng_state.pt")
-        # Written last: a checkpoint without it is incomplete and never resumed from.
-        write_json(folder / TRAINER_STATE, self._state())
+        write_checkpoint(folder, model=self._unwrapped(), optimizer=self.optimizer, scheduler=self.scheduler,
+                         state=self._state(), write_model_files=self._write_model_files)
 
     def _state(self) -> dict[str, Any]:
-        return {
-            "global_step": self.global_step, "epoch": self.epoch, "micro_step": self.micro_step,
-            "epoch_loss_sum": self.epoch_loss_sum, "epoch_loss_count": self.epoch_loss_count,
-            "best_metric": self.best_metric, "best_step": self.best_step,
-            "bad_evaluations": self.bad_evaluations, "last_metrics": self.last_metrics,
-            "base_metrics": self.base_metrics, "base_per_query": self.base_per_query,
-            "best_per_query": self.best_per_query, "last_eval_step": self.last_eval_step,
-            "samples_seen": self.samples_seen, "tokens_seen": self.tokens_seen,
-            "seconds": self.elapsed(), "total_updates": self.total_updates,
-            "logs": self.logs, "epoch_losses": self.epoch_losses,
-            "finetune_type": self.config.finetune_type,
-        }
-
-    def _rotate_checkpoints(self) -> None:
-        limit = self.config.save_total_limit
-        if not limit:
-            return
-        found = checkpoint_dirs(self.output_dir)
-        for old in found[:-limit]:
-            shutil.rmtree(old, ignore_errors=True)
+        return {**self.state.to_dict(), "seconds": self.elapsed(), "total_updates": self.total_updates,
+                "finetune_type": self.config.finetune_type}
 
     def resume(self, checkpoint: Path) -> None:
         import torch
-        from safetensors.torch import load_file
 
-        state = json.loads((checkpoint / TRAINER_STATE).read_text(encoding="utf-8"))
-        if state.get("finetune_type") != self.config.finetune_type:
+        saved = read_state(checkpoint)
+        if saved.get("finetune_type") != self.config.finetune_type:
             raise ConfigError(f"{checkpoint} was trained with --finetune-type "
-                              f"{state.get('finetune_type')}, not {self.config.finetune_type}")
+                              f"{saved.get('finetune_type')}, not {self.config.finetune_type}")
         # "cpu", not "cpu:0" (accelerate's name for it in a gloo run): neither safetensors
         # nor torch.load knows the latter.
         device = "cpu" if torch.device(self.accelerator.device).type == "cpu" else str(self.accelerator.device)
-        weights = load_file(str(checkpoint / TRAINABLE_STATE), device=device)
-        backbone = self._unwrapped()
-        named = dict(backbone.named_parameters())
-        missing = [name for name, p in named.items() if p.requires_grad and name not in weights]
-        if missing or set(weights) - set(named):
-            raise ConfigError(f"{checkpoint} does not match this model/options "
-                              f"({len(missing)} missing, {len(set(weights) - set(named))} unexpected weights)")
-        with torch.no_grad():
-            for name, value in weights.items():
-                named[name].copy_(value)
-        # Every process reads the main process's files onto its own device.
-        self.optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", map_location=device,
-                                                  weights_only=False))
-        self.scheduler.load_state_dict(torch.load(checkpoint / "scheduler.pt", weights_only=False))
-        _set_rng_state(torch.load(checkpoint / "rng_state.pt", weights_only=False))
-        for key in ("global_step", "epoch", "micro_step", "epoch_loss_sum", "epoch_loss_count",
-                    "best_metric", "best_step", "bad_evaluations", "last_metrics", "base_metrics",
-                    "samples_seen",
-                    "tokens_seen", "logs", "epoch_losses"):
-            setattr(self, key, state[key])
-        for key in ("base_per_query", "best_per_query", "last_eval_step"):  # absent before 0.1 guard
-            setattr(self, key, state.get(key, getattr(self, key)))
-        self.seconds_before_resume = state["seconds"]
-        if self.micro_step >= self.micro_steps_per_epoch:
-            self.epoch, self.micro_step = self.epoch + 1, 0
+        restore_checkpoint(checkpoint, model=self._unwrapped(), optimizer=self.optimizer,
+                           scheduler=self.scheduler, device=device)
+        self.state = TrainState.from_dict(saved, checkpoint)
+        self.seconds_before_resume = saved["seconds"]
+        if self.state.micro_step >= self.micro_steps_per_epoch:
+            self.state.epoch, self.state.micro_step = self.state.epoch + 1, 0
 
     # ------------------------------------------------------------ reporting
     def _tensorboard(self):
@@ -893,7 +782,7 @@ class _Trainer:
             "examples": sum(len(e) for e, _ in self.datasets),
             "eval_examples": len(self.eval_examples),
             "steps_per_epoch": self.updates_per_epoch, "total_steps": self.total_updates,
-            "epochs": self.num_epochs, "start_step": self.global_step,
+            "epochs": self.num_epochs, "start_step": self.state.global_step,
             "learning_rate": self.config.learning_rate, "temperature": self.config.temperature,
             "trainable_parameters": trainable, "total_parameters": total,
             "device": str(self.accelerator.device), "processes": self.accelerator.num_processes,
@@ -901,20 +790,20 @@ class _Trainer:
         }
 
     def _write_logs(self) -> None:
-        write_json(self.output_dir / DETAILED_LOGS, self.logs)
-        write_json(self.output_dir / EPOCH_LOSSES, self.epoch_losses)
+        write_json(self.output_dir / DETAILED_LOGS, self.state.logs)
+        write_json(self.output_dir / EPOCH_LOSSES, self.state.epoch_losses)
 
     def _finish(self, seconds: float) -> TrainResult:
 
         self.accelerator.wait_for_everyone()
         final = self.output_dir / "final"
-        best = self.output_dir / "best" if self.best_step is not None else None
+        best = self.output_dir / "best" if self.state.best_step is not None else None
         summary: dict[str, Any] = {}
         if self.is_main:
-            if self.epoch_loss_count:  # a run that stopped mid-epoch still reports it
-                self.epoch_losses.append({"epoch": self.epoch + 1, "average_loss": self.epoch_loss_sum
-                                          / self.epoch_loss_count, "steps": self.epoch_loss_count,
-                                          "global_step": self.global_step, "partial": True})
+            if self.state.epoch_loss_count:  # a run that stopped mid-epoch still reports it
+                self.state.epoch_losses.append({"epoch": self.state.epoch + 1, "average_loss": self.state.epoch_loss_sum
+                                          / self.state.epoch_loss_count, "steps": self.state.epoch_loss_count,
+                                          "global_step": self.state.global_step, "partial": True})
             verdict = self._verdict()
             self._save_final(final)
             self._write_logs()
@@ -922,20 +811,20 @@ class _Trainer:
             summary = {
                 "config": self.config.to_dict(),
                 "start": self.started,
-                "global_step": self.global_step,
-                "epochs_completed": self.epoch,
+                "global_step": self.state.global_step,
+                "epochs_completed": self.state.epoch,
                 "wall_time_seconds": round(seconds, 3),
-                "samples_per_second": self.samples_seen / max(seconds, 1e-9),
-                "tokens_per_second": self.tokens_seen / max(seconds, 1e-9),
+                "samples_per_second": self.state.samples_seen / max(seconds, 1e-9),
+                "tokens_per_second": self.state.tokens_seen / max(seconds, 1e-9),
                 "peak_memory_bytes": _peak_memory_bytes(device_type),
                 "peak_memory_kind": "cuda max_memory_allocated during training" if device_type == "cuda"
                 else "process peak RSS during training (model loaded)",
                 "load_peak_memory_bytes": self.load_peak_memory,
-                "final_loss": next((row["loss"] for row in reversed(self.logs) if "loss" in row), None),
-                "best_metric": {"name": self.config.metric_for_best, "value": self.best_metric,
-                                "step": self.best_step} if self.best_step is not None else None,
-                "base_metrics": self.base_metrics,
-                "final_metrics": self.last_metrics,
+                "final_loss": next((row["loss"] for row in reversed(self.state.logs) if "loss" in row), None),
+                "best_metric": {"name": self.config.metric_for_best, "value": self.state.best_metric,
+                                "step": self.state.best_step} if self.state.best_step is not None else None,
+                "base_metrics": self.state.base_metrics,
+                "final_metrics": self.state.last_metrics,
                 "validation": {"source": self.config.eval_dataset or "automatic split",
                                "split": self.holdout, "verdict": verdict.to_dict() if verdict else None,
                                "final_model": self._final_is()},
@@ -945,15 +834,15 @@ class _Trainer:
             write_json(self.output_dir / SUMMARY_REPORT, summary)
             if self.writer is not None:
                 if verdict is not None:
-                    self.writer.add_text("verdict", verdict.message, self.global_step)
-                    self.writer.add_scalar(f"verdict/gain_{verdict.metric}", verdict.gain, self.global_step)
-                    self.writer.add_scalar("verdict/p_permutation", verdict.p_permutation, self.global_step)
+                    self.writer.add_text("verdict", verdict.message, self.state.global_step)
+                    self.writer.add_scalar(f"verdict/gain_{verdict.metric}", verdict.gain, self.state.global_step)
+                    self.writer.add_scalar("verdict/p_permutation", verdict.p_permutation, self.state.global_step)
                 self.writer.close()
             if verdict is not None and verdict.outcome == "not better":
                 logger.warning("%s", verdict.message)
         result = TrainResult(output_dir=self.output_dir, final_dir=final, best_dir=best,
-                             global_step=self.global_step, epochs_completed=self.epoch,
-                             best_metric=self.best_metric, last_metrics=self.last_metrics,
+                             global_step=self.state.global_step, epochs_completed=self.state.epoch,
+                             best_metric=self.state.best_metric, last_metrics=self.state.last_metrics,
                              stopped_early=self.stopped_early, seconds=seconds, summary=summary,
                              verdict=summary.get("validation", {}).get("verdict"))
         if self.is_main:
@@ -963,26 +852,26 @@ class _Trainer:
     def _final_is(self) -> str:
         """What final/ holds: the best evaluated model, unless asked for the last or
         the last is the best (or nothing was evaluated)."""
-        if self.config.final_model == "best" and self.best_step is not None and self.best_step != self.global_step:
-            return f"best (step {self.best_step} of {self.global_step})"
-        return f"last (step {self.global_step})"
+        if self.config.final_model == "best" and self.state.best_step is not None and self.state.best_step != self.state.global_step:
+            return f"best (step {self.state.best_step} of {self.state.global_step})"
+        return f"last (step {self.state.global_step})"
 
     def _save_final(self, final: Path) -> None:
         if self._final_is().startswith("best"):
             best = self.output_dir / "best"
             self._atomic_folder(final, lambda staging: shutil.copytree(best, staging, dirs_exist_ok=True))
         else:
-            self._save_model(final, metrics=self.last_metrics or None)
+            self._save_model(final, metrics=self.state.last_metrics or None)
 
     def _verdict(self):
         """Base vs best on the validation split, when both were evaluated."""
         from embedrag.engine.holdout import Verdict
 
         metric = self.config.metric_for_best if self.config.metric_for_best != "loss" else "ndcg@10"
-        if not self.base_per_query or not self.best_per_query:
+        if not self.state.base_per_query or not self.state.best_per_query:
             return None
-        return Verdict.of(metric, {q: v[metric] for q, v in self.base_per_query.items()},
-                          {q: v[metric] for q, v in self.best_per_query.items()}, self.best_step or 0)
+        return Verdict.of(metric, {q: v[metric] for q, v in self.state.base_per_query.items()},
+                          {q: v[metric] for q, v in self.state.best_per_query.items()}, self.state.best_step or 0)
 
     # ------------------------------------------------------------ dry run
     def dry_run(self) -> DryRunReport:
