@@ -39,10 +39,12 @@ def test_loftq_run_is_recorded_and_merges_exactly(tiny_bert, tmp_path):
 
     from embedrag.engine.merge import merge
     from embedrag.engine.train import train
+    from embedrag.engine.train_config import TrainConfig
 
     data = tmp_path / "train.jsonl"
     data.write_text("\n".join(json.dumps(r) for r in _toy_rows(0)) + "\n")
-    result = train(_config(tiny_bert, data, tmp_path / "out", "qlora", max_steps=4))
+    assert TrainConfig.qlora_init == "gaussian"  # LoftQ is opt-in: it measured no better on SciFact
+    result = train(_config(tiny_bert, data, tmp_path / "out", "qlora", max_steps=4, qlora_init="loftq"))
     record = json.loads((result.final_dir / "embedrag.json").read_text())["extra"]["finetune"]
     assert record["qlora_init"] == "loftq"
     assert json.loads((result.final_dir / "training_config.json").read_text())["qlora_init"] == "loftq"

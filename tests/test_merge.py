@@ -97,7 +97,8 @@ def test_merged_folder_has_no_adapter_files_and_needs_no_peft(bert_lora, tmp_pat
 
 @pytest.mark.parametrize("bits", [4, 8])
 def test_qlora_merges_into_the_dequantized_base(tiny_bert, toy_file, tmp_path, bits):
-    adapter = _adapter(tiny_bert, toy_file, tmp_path / "out", "qlora", quantization_bits=bits)
+    # LoftQ (opt-in) for 4-bit: its start must not break the exact merge either
+    adapter = _adapter(tiny_bert, toy_file, tmp_path / "out", "qlora", quantization_bits=bits, qlora_init="loftq")
     result = merge(adapter, tmp_path / "merged")
     assert result.qlora_base == "dequantized" and result.verified
     assert result.min_cosine >= 0.999

@@ -232,9 +232,9 @@ def train(
         "--lora-target-modules", "--lora_target_modules",
         help="auto/all-linear, or comma-separated module names.", rich_help_panel=_LORA)] = "auto",
     qlora_init: Annotated[str, typer.Option(
-        "--qlora-init", help="4-bit QLoRA adapter start: 'loftq' (fits the quantisation error, so training "
-        "starts from the full-precision model's quality) or 'gaussian' (peft's default, starts at the 4-bit "
-        "base).", rich_help_panel=_LORA)] = "loftq",
+        "--qlora-init", help="4-bit QLoRA adapter start: 'gaussian' (peft's default, starts at the 4-bit "
+        "base) or 'loftq' (fits the quantisation error, so training starts near the full-precision model).",
+        rich_help_panel=_LORA)] = "gaussian",
     eval_steps: Annotated[int | None, typer.Option(
         "--eval-steps", help="Also validate every N steps.", rich_help_panel=_EVAL)] = None,
     eval_on_start: Annotated[bool, typer.Option(
