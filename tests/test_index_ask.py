@@ -138,7 +138,7 @@ def test_read_documents_from_folders_and_jsonl(tmp_path):
     (tmp_path / "a" / "plain.txt").write_text("Just text.")
     (tmp_path / "c.jsonl").write_text(json.dumps({"_id": "7", "title": "T", "text": "X", "year": 2020}) + "\n")
     docs = list(read_documents([tmp_path / "a", tmp_path / "c.jsonl"]))
-    assert [(d.id, d.title) for d in docs] == [("note.md", "Title here"), ("plain.txt", "plain"), ("7", "T")]
+    assert [(d.id, d.title) for d in docs] == [("note.md#s1", "Title here"), ("plain.txt", "plain"), ("7", "T")]
     assert docs[2].metadata == {"year": 2020}
 
 

@@ -156,6 +156,44 @@ def test_docx_sections_carry_their_heading_path(tmp_path):
     assert docs[2].text.endswith("The scope covers the upper valley only.\n\nsite | count\nmill | 4")
 
 
+MARKDOWN = """Notes before any heading.
+
+Guide
+=====
+
+The survey counts otters.
+
+## Scope
+
+```bash
+# not a heading: a comment in a code fence
+count --river upper
+```
+
+### Sites
+
+- mill
+- weir
+
+# Methods
+## Counting
+Twice a day.
+"""
+
+
+def test_markdown_sections_carry_their_heading_path(tmp_path):
+    (tmp_path / "guide.md").write_text(MARKDOWN)
+    (tmp_path / "flat.md").write_text("No headings at all.\n\nJust two paragraphs.")
+    docs = list(read_documents([tmp_path]))
+    assert [(d.id, d.metadata.get("heading_path")) for d in docs] == [
+        ("flat.md", None), ("guide.md#s1", ""), ("guide.md#s2", "Guide"), ("guide.md#s3", "Guide > Scope"),
+        ("guide.md#s4", "Guide > Scope > Sites"), ("guide.md#s5", "Methods > Counting")]
+    assert docs[0].text == "No headings at all.\n\nJust two paragraphs." and docs[0].title == "flat"
+    assert docs[3].text == "Scope\n\n```bash\n# not a heading: a comment in a code fence\ncount --river upper\n```"
+    assert docs[4].text == "Sites\n\n- mill\n- weir" and docs[5].text == "Counting\n\nTwice a day."
+    assert docs[1].metadata["sections"] == 5 and {d.title for d in docs[1:]} == {"guide"}
+
+
 def test_docx_without_text_is_skipped_with_a_warning(tmp_path, document_warnings):
     import docx
 

@@ -1,7 +1,7 @@
 """Reading documents to index and cutting them into token-sized chunks.
 
 Inputs: ``.jsonl`` (a text field, optional id and title fields, every other field kept
-as metadata; BEIR ``corpus.jsonl`` works as is), ``.txt`` and ``.md`` files, ``.pdf``,
+as metadata; BEIR ``corpus.jsonl`` works as is), ``.txt`` and Markdown files, ``.pdf``,
 ``.html``/``.htm`` and ``.docx`` files (the ``embedrag[documents]`` extra: pypdf,
 trafilatura, python-docx, each imported only when a file of its kind is read), and
 folders of them. Chunks respect paragraph and sentence boundaries where they can and are
@@ -15,6 +15,12 @@ what a search hit, and ``ask``'s sources, can cite):
 - HTML: one Document, the page's main text (trafilatura; its plain text extraction when
   the main-content heuristic finds nothing), one paragraph per extracted block; the title
   from the page's metadata (og/meta title, a single ``<h1>``, ``<title>``), else the stem.
+- Markdown (``.md``, ``.markdown``): with headings (ATX ``#`` or setext, found by
+  markdown-it, so a ``#`` line in a code fence is no heading), one Document per section as
+  for DOCX below (id ``<file>#s<N>``, metadata ``heading_path``, ``section``,
+  ``sections``), the section's source lines kept as written; without headings one
+  Document, id the file's name. The title is the first line when it is a heading, else
+  the stem.
 - DOCX: one Document per section, a section being a heading (styles ``Heading 1``,
   ``Heading 2``, ...) with the paragraphs and tables up to the next heading (text before
   the first heading is a section too); id ``<file>#s<N>``, metadata ``heading_path``
@@ -49,7 +55,7 @@ import io
 import logging
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,11 +63,13 @@ from typing import Any
 
 from embedrag.engine.errors import ConfigError, DataError, EmbedragError
 
-TEXT_SUFFIXES = (".txt", ".md", ".markdown")
+TEXT_SUFFIXES = (".txt",)
+MARKDOWN_SUFFIXES = (".md", ".markdown")
 PDF_SUFFIXES = (".pdf",)
 HTML_SUFFIXES = (".html", ".htm")
 DOCX_SUFFIXES = (".docx",)
-SUPPORTED_SUFFIXES = (".jsonl", *TEXT_SUFFIXES, *PDF_SUFFIXES, *HTML_SUFFIXES, *DOCX_SUFFIXES)
+SUPPORTED_SUFFIXES = (".jsonl", *TEXT_SUFFIXES, *MARKDOWN_SUFFIXES, *PDF_SUFFIXES, *HTML_SUFFIXES,
+                      *DOCX_SUFFIXES)
 SUPPORTED_TYPES = ".jsonl, .txt, .md, .pdf, .html, .docx"
 DOCUMENTS_EXTRA = "pip install 'embedrag[documents]'"
 _SENTENCE_END = re.compile(r"(?<=[.!?。！？])\s+|(?<=[。！？])")
@@ -118,18 +126,59 @@ def _read_bytes(path: Path) -> bytes:
         raise DataError([f"{path}: cannot read it ({(exc.strerror or str(exc)).lower()})"]) from exc
 
 
-def _text_document(path: Path, root: Path | None) -> Document:
+def _read_text(path: Path) -> str:
     try:
         text = _read_bytes(path).decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise DataError([f"{path}: not valid UTF-8"]) from exc
-    text = text.replace("\r\n", "\n").replace("\r", "\n")  # as read_text's universal newlines
+    return text.replace("\r\n", "\n").replace("\r", "\n")  # as read_text's universal newlines
+
+
+def _text_document(path: Path, root: Path | None) -> Document:
+    text = _read_text(path)
     title = ""
     for line in text.splitlines():
         if line.strip():
             title = line.lstrip("#").strip() if line.lstrip().startswith("#") else ""
             break
     return Document(id=_doc_id(path, root), text=text, title=title or path.stem, source=str(path))
+
+
+def _markdown_blocks(text: str) -> Iterator[tuple[int, str]]:
+    """Headings (found by markdown-it, so ``#`` inside code fences is no heading and
+    underlined setext headings are) and the source lines between them, untouched."""
+    from markdown_it import MarkdownIt
+
+    tokens = MarkdownIt("commonmark").parse(text)
+    lines = text.split("\n")
+    position = 0
+    for index, token in enumerate(tokens):
+        if token.type != "heading_open" or token.map is None:
+            continue
+        start, end = token.map
+        body = "\n".join(lines[position:start]).strip()
+        if body:
+            yield 0, body
+        yield int(token.tag[1:]), tokens[index + 1].content.strip()
+        position = end
+    rest = "\n".join(lines[position:]).strip()
+    if rest:
+        yield 0, rest
+
+
+def _markdown_documents(path: Path, root: Path | None) -> list[Document]:
+    """One Document per section when the file has headings (as DOCX), else one Document."""
+    document = _text_document(path, root)
+    blocks = list(_markdown_blocks(document.text))
+    if not any(level for level, _ in blocks):
+        return [document]
+    sections = _sections(blocks)
+    if not sections:
+        return _skipped(path, "no text under its headings")
+    return [Document(id=f"{document.id}#s{number}", text="\n\n".join(paragraphs), title=document.title,
+                     source=str(path), metadata={"heading_path": heading_path, "section": number,
+                                                 "sections": len(sections)})
+            for number, (heading_path, paragraphs) in enumerate(sections, 1)]
 
 
 # ------------------------------------------------------- PDF, HTML and DOCX readers
@@ -231,13 +280,14 @@ def _docx_blocks(document) -> Iterator[tuple[int, str]]:
             yield (int(match.group(1)) if match else 0), text
 
 
-def _docx_sections(document) -> list[tuple[str, list[str]]]:
-    """(heading path, paragraphs) per section that has text under its heading."""
+def _sections(blocks: Iterable[tuple[int, str]]) -> list[tuple[str, list[str]]]:
+    """(heading path, paragraphs) per section that has text under its heading, from
+    (heading level or 0 for body text, text) blocks in reading order."""
     sections: list[tuple[str, list[str]]] = []
     headings: list[tuple[int, str]] = []
     paragraphs: list[str] = []
     has_body = False
-    for level, text in _docx_blocks(document):
+    for level, text in blocks:
         if level:
             if has_body:
                 sections.append((" > ".join(h for _, h in headings), paragraphs))
@@ -259,7 +309,7 @@ def _docx_documents(path: Path, root: Path | None) -> list[Document]:
     with _parsing(path, "DOCX", "docx"):
         document = docx.Document(io.BytesIO(raw))
         title = str(document.core_properties.title or "").strip()
-        sections = _docx_sections(document)
+        sections = _sections(_docx_blocks(document))
     if not sections:
         return _skipped(path, "no text found")
     base = _doc_id(path, root)
@@ -269,7 +319,8 @@ def _docx_documents(path: Path, root: Path | None) -> list[Document]:
             for number, (heading_path, paragraphs) in enumerate(sections, 1)]
 
 
-_READERS = {**{s: _pdf_documents for s in PDF_SUFFIXES}, **{s: _html_documents for s in HTML_SUFFIXES},
+_READERS = {**{s: _markdown_documents for s in MARKDOWN_SUFFIXES}, **{s: _pdf_documents for s in PDF_SUFFIXES},
+            **{s: _html_documents for s in HTML_SUFFIXES},
             **{s: _docx_documents for s in DOCX_SUFFIXES}}
 
 
@@ -306,7 +357,7 @@ def _file_documents(path: Path, fields: JsonlFields, root: Path | None) -> Itera
 
 
 # ---------------------------------------------------------------------- chunking
-def _pieces(text: str) -> list[str]:
+def split_sentences(text: str) -> list[str]:
     """Paragraphs split into sentences: the units a chunk is packed from."""
     pieces = []
     for paragraph in _PARAGRAPH.split(text):
@@ -347,7 +398,7 @@ class Chunker:
         return [p for p in parts if p]
 
     def split(self, text: str) -> list[str]:
-        pieces = _pieces(text)
+        pieces = split_sentences(text)
         if not pieces:
             return []
         units: list[tuple[str, int]] = []
