@@ -34,6 +34,10 @@ _EXPORTS = {
     "MineConfig": "embedrag.engine.mine",
     "MineReport": "embedrag.engine.mine",
     "only_failing": "embedrag.engine.mine",
+    "generate": "embedrag.engine.generate",
+    "GenerateConfig": "embedrag.engine.generate",
+    "GenerateReport": "embedrag.engine.generate",
+    "make_query_writer": "embedrag.engine.query_writers",
     "MarginRankingLoss": "embedrag.engine.loss",
     "index": "embedrag.engine.store",
     "build_index": "embedrag.engine.store",
@@ -73,10 +77,12 @@ if TYPE_CHECKING:  # pragma: no cover
     from embedrag.engine.encoder import EmbeddingConfig, Encoder
     from embedrag.engine.errors import ConfigError, DataError, EmbedragError, ModelNotFoundError
     from embedrag.engine.evaluate import EvaluationReport, evaluate
+    from embedrag.engine.generate import GenerateConfig, GenerateReport, generate
     from embedrag.engine.loss import InfoNCELoss, MarginRankingLoss
     from embedrag.engine.merge import MergeResult, merge
     from embedrag.engine.mine import MineConfig, MineReport, mine, only_failing
     from embedrag.engine.models import ResolvedModel, resolve_model
+    from embedrag.engine.query_writers import make_query_writer
     from embedrag.engine.rag import RAG
     from embedrag.engine.store import Retriever, build_index, index
     from embedrag.engine.testsets import load_beir_testset, load_jsonl_testset

@@ -35,7 +35,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("mining", ["mine"]),
     ("training", ["train_config", "sampling", "contrastive", "loss", "loss.*", "finetune",
                   "launch", "holdout", "checkpoints", "train", "merge"]),
-    ("rag", ["rag"]),
+    ("llm", ["rag", "query_writers", "generate"]),
     ("tools", ["demo", "doctor"]),
     ("cli", ["embedrag.__main__", "embedrag.cli", "embedrag.cli.*"]),
 ]

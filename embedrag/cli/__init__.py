@@ -14,6 +14,7 @@ from embedrag.cli import ask as _ask
 from embedrag.cli import demo as _demo
 from embedrag.cli import doctor as _doctor
 from embedrag.cli import eval as _eval
+from embedrag.cli import generate as _generate
 from embedrag.cli import index as _index
 from embedrag.cli import merge as _merge
 from embedrag.cli import mine as _mine
@@ -56,6 +57,7 @@ app.command(name="index")(_index.index)
 app.command(name="eval")(_eval.eval_command)
 app.command(name="ask")(_ask.ask)
 app.command(name="mine")(_mine.mine)
+app.command(name="generate")(_generate.generate)
 app.command(name="validate")(_validate.validate)
 app.command(name="doctor")(_doctor.doctor)
 app.command(name="demo")(_demo.demo)

@@ -260,8 +260,9 @@ def _encode(encoder: Encoder, texts: Sequence[str], kind: str, config: MineConfi
                           progress=(lambda done, total: progress(label, done, total)) if progress else None)
 
 
-def _corpus_vectors(encoder: Encoder, corpus: Corpus, config: MineConfig, cache_dir: Path | None,
-                    progress: Progress | None) -> np.ndarray:
+def embed_corpus(encoder: Encoder, corpus: Corpus, config: MineConfig, cache_dir: Path | None,
+                 progress: Progress | None) -> np.ndarray:
+    """``corpus``'s passage vectors: its own, or cached in ``cache_dir`` (shared with eval)."""
     from embedrag.engine.evaluate import EmbeddingCache, cache_fingerprint
     from embedrag.engine.fingerprint import model_fingerprint
 
@@ -336,7 +337,7 @@ def mine_examples(
     if not usable:
         raise DataError([f"{corpus.name}: no query has a positive passage to mine against"])
 
-    corpus_vectors = _corpus_vectors(encoder, corpus, config, Path(cache_dir) if cache_dir else None, progress)
+    corpus_vectors = embed_corpus(encoder, corpus, config, Path(cache_dir) if cache_dir else None, progress)
     row_of_key = {normalize_text(text): row for row, text in enumerate(corpus.texts)}
     # Positives (and, for scores, existing negatives) not in the corpus are embedded too.
     extra = sorted({t for e in usable for t in (*e.pos, *(e.neg if config.with_scores else ()))
