@@ -108,6 +108,13 @@ def machine_error_message(exc: BaseException, *, training: bool = False) -> str 
 API_KEY_VARIABLES = ("EMBEDRAG_LLM_API_KEY", "OPENAI_API_KEY")
 
 
+def api_key_from_environment() -> str | None:
+    """The LLM key from the first of ``API_KEY_VARIABLES`` that is set, else None."""
+    import os
+
+    return next((os.environ[name] for name in API_KEY_VARIABLES if os.environ.get(name)), None)
+
+
 def redact(text: str, secrets: tuple[str | None, ...] = ()) -> str:
     """``text`` with every API key (from the environment, or ``secrets``) replaced by ***."""
     import os

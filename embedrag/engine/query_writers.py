@@ -16,7 +16,6 @@ the same queries whatever the order, the number of chunks or an interruption.
 from __future__ import annotations
 
 import logging
-import os
 import random
 import re
 from collections.abc import Callable, Sequence
@@ -24,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from embedrag.engine.documents import split_sentences
-from embedrag.engine.errors import API_KEY_VARIABLES, ConfigError, redact
+from embedrag.engine.errors import ConfigError, api_key_from_environment, redact
 
 logger = logging.getLogger(__name__)
 
@@ -212,16 +211,18 @@ class OpenAIQueryWriter(_PromptedWriter):
             import openai
         except ImportError:
             raise ConfigError("--llm openai needs the openai package: pip install 'embedrag[llm]'") from None
+        from embedrag.engine.rag import shown_url
+
         self.model, self.base_url = model, base_url or "https://api.openai.com/v1"
-        self._key = api_key if api_key is not None else next(
-            (os.environ[v] for v in API_KEY_VARIABLES if os.environ.get(v)), None)
+        self._shown_url = shown_url(self.base_url)  # messages never show a user:password@ part
+        self._key = api_key if api_key is not None else api_key_from_environment()
         # Local servers need no key; the client insists on one, and sends this placeholder.
         self.client = openai.OpenAI(base_url=self.base_url, api_key=self._key or "no-key", timeout=timeout,
                                     max_retries=max_retries)
         self.concurrency, self.temperature, self.max_tokens = concurrency, temperature, max_tokens
 
     def __repr__(self) -> str:  # never show the key
-        return f"OpenAIQueryWriter(model={self.model!r}, base_url={self.base_url!r})"
+        return f"OpenAIQueryWriter(model={self.model!r}, base_url={self._shown_url!r})"
 
     def settings(self) -> dict:
         return {"method": "llm", "llm": "openai", "model": self.model, "temperature": self.temperature,
@@ -235,26 +236,27 @@ class OpenAIQueryWriter(_PromptedWriter):
                 model=self.model, messages=[{"role": "user", "content": self.message(chunk)}],
                 temperature=self.temperature, max_tokens=self.max_tokens)
         except openai.APIStatusError as exc:
-            return ChunkResult(chunk, error=redact(f"HTTP {exc.status_code} from {self.base_url}", (self._key,)))
+            return ChunkResult(chunk, error=redact(f"HTTP {exc.status_code} from {self._shown_url}", (self._key,)))
         except openai.APITimeoutError:
-            return ChunkResult(chunk, error=f"timed out waiting for {self.base_url}")
+            return ChunkResult(chunk, error=f"timed out waiting for {self._shown_url}")
         except openai.APIConnectionError:
-            return ChunkResult(chunk, error=f"cannot reach the LLM server at {self.base_url}")
+            return ChunkResult(chunk, error=f"cannot reach the LLM server at {self._shown_url}")
         try:
             content = reply.choices[0].message.content or ""
         except (AttributeError, IndexError, TypeError):
-            return ChunkResult(chunk, error=f"unexpected reply from {self.base_url}")
+            return ChunkResult(chunk, error=f"unexpected reply from {self._shown_url}")
         return self.result(chunk, content)
 
     def write(self, chunks: Sequence[Chunk], report: Report) -> None:
         from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+        from itertools import islice
 
         from embedrag.engine.rag import LLMError
 
         failures_in_a_row = 0
         pending = iter(chunks)
         with ThreadPoolExecutor(self.concurrency) as pool:
-            running = {pool.submit(self._ask, c) for c in _take(pending, self.concurrency * 2)}
+            running = {pool.submit(self._ask, c) for c in islice(pending, self.concurrency * 2)}
             while running:
                 done, running = wait(running, return_when=FIRST_COMPLETED)
                 for future in done:
@@ -265,16 +267,7 @@ class OpenAIQueryWriter(_PromptedWriter):
                         for other in running:
                             other.cancel()
                         raise LLMError(f"{failures_in_a_row} requests in a row failed, the last: {result.error}")
-                running |= {pool.submit(self._ask, c) for c in _take(pending, len(done))}
-
-
-def _take(iterator, count: int) -> list:
-    taken = []
-    for item in iterator:
-        taken.append(item)
-        if len(taken) >= count:
-            break
-    return taken
+                running |= {pool.submit(self._ask, c) for c in islice(pending, len(done))}
 
 
 class HFQueryWriter(_PromptedWriter):
@@ -287,20 +280,12 @@ class HFQueryWriter(_PromptedWriter):
                  batch_size: int = 8, max_new_tokens: int = 96, max_passage_chars: int = 6000,
                  device: str | None = None):
         super().__init__(n, prompt, language, max_passage_chars)
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from embedrag.engine.rag import load_causal_lm
 
-        from embedrag.engine.encoder import default_device, quiet_transformers
-        from embedrag.engine.models import resolve_model
-
-        resolved = resolve_model(path)
-        with quiet_transformers():
-            self.tokenizer = AutoTokenizer.from_pretrained(resolved.path, padding_side="left")
-            self.model = AutoModelForCausalLM.from_pretrained(resolved.path)
+        self.tokenizer, self.model, self.device, self.path = load_causal_lm(path, device, padding_side="left")
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.device = device or default_device()
-        self.model.to(self.device).eval()
-        self.path, self.batch_size, self.max_new_tokens = str(resolved.path), batch_size, max_new_tokens
+        self.batch_size, self.max_new_tokens = batch_size, max_new_tokens
 
     def settings(self) -> dict:
         return {"method": "llm", "llm": "hf", "model": self.path, "max_new_tokens": self.max_new_tokens,

@@ -10,7 +10,6 @@ transformers causal LM, streamed).
 from __future__ import annotations
 
 import json
-import os
 import re
 import threading
 import urllib.error
@@ -19,7 +18,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from embedrag.engine.errors import API_KEY_VARIABLES, ConfigError, EmbedragError, redact
+from embedrag.engine.errors import ConfigError, EmbedragError, api_key_from_environment, redact
 from embedrag.engine.store import Hit, Retriever
 
 SYSTEM_PROMPT = (
@@ -82,14 +81,13 @@ class OpenAIChatGenerator(Generator):
                  timeout: float = 120.0, temperature: float = 0.0, max_tokens: int | None = None):
         self.model = model
         self.base_url = base_url.rstrip("/")
-        self.api_key = api_key if api_key is not None else next(
-            (os.environ[v] for v in API_KEY_VARIABLES if os.environ.get(v)), None)
+        self.api_key = api_key if api_key is not None else api_key_from_environment()
         self.timeout = timeout
         self.temperature = temperature
         self.max_tokens = max_tokens
 
     def __repr__(self) -> str:  # never show the key
-        return f"OpenAIChatGenerator(model={self.model!r}, base_url={_shown_url(self.base_url)!r})"
+        return f"OpenAIChatGenerator(model={self.model!r}, base_url={shown_url(self.base_url)!r})"
 
     def stream(self, messages: list[dict[str, str]]) -> Iterator[str]:
         body: dict[str, Any] = {"model": self.model, "messages": messages, "stream": True,
@@ -105,17 +103,17 @@ class OpenAIChatGenerator(Generator):
             response = urllib.request.urlopen(request, timeout=self.timeout)  # noqa: S310 - user-chosen URL
         except urllib.error.HTTPError as exc:
             detail = exc.read(300).decode("utf-8", "replace").strip().replace("\n", " ")
-            raise LLMError(redact(f"LLM server {_shown_url(self.base_url)} answered HTTP {exc.code}: {detail}",
+            raise LLMError(redact(f"LLM server {shown_url(self.base_url)} answered HTTP {exc.code}: {detail}",
                                   (self.api_key,))) from None
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
-            raise LLMError(redact(f"cannot reach the LLM server at {_shown_url(self.base_url)} ({reason})",
+            raise LLMError(redact(f"cannot reach the LLM server at {shown_url(self.base_url)} ({reason})",
                                   (self.api_key,))) from None
         with response:
-            yield from _server_sent_text(response, _shown_url(self.base_url))
+            yield from _server_sent_text(response, shown_url(self.base_url))
 
 
-def _shown_url(url: str) -> str:
+def shown_url(url: str) -> str:
     """``url`` without a ``user:password@`` part, for messages."""
     return re.sub(r"//[^/@]*@", "//", url, count=1)
 
@@ -144,25 +142,32 @@ def _server_sent_text(response, base_url: str) -> Iterator[str]:
             yield delta["content"]
 
 
+def load_causal_lm(path: str, device: str | None = None, *, padding_side: str | None = None):
+    """(tokenizer, model in eval mode on ``device``, device, resolved path) of a local
+    transformers causal LM."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from embedrag.engine.encoder import default_device, quiet_transformers
+    from embedrag.engine.models import resolve_model
+
+    resolved = resolve_model(path)
+    options = {"padding_side": padding_side} if padding_side else {}
+    with quiet_transformers():
+        tokenizer = AutoTokenizer.from_pretrained(resolved.path, **options)
+        model = AutoModelForCausalLM.from_pretrained(resolved.path)
+    device = device or default_device()
+    model.to(device).eval()
+    return tokenizer, model, device, str(resolved.path)
+
+
 class HFGenerator(Generator):
     """A local transformers causal LM; the chat template when its tokenizer has one."""
 
     name = "hf"
 
     def __init__(self, path: str, max_new_tokens: int = 256, device: str | None = None):
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        from embedrag.engine.encoder import default_device, quiet_transformers
-        from embedrag.engine.models import resolve_model
-
-        resolved = resolve_model(path)
-        with quiet_transformers():
-            self.tokenizer = AutoTokenizer.from_pretrained(resolved.path)
-            self.model = AutoModelForCausalLM.from_pretrained(resolved.path)
-        self.device = device or default_device()
-        self.model.to(self.device).eval()
+        self.tokenizer, self.model, self.device, self.path = load_causal_lm(path, device)
         self.max_new_tokens = max_new_tokens
-        self.path = str(resolved.path)
 
     def _prompt_ids(self, messages: list[dict[str, str]]):
         if getattr(self.tokenizer, "chat_template", None):
