@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-fast lint docs build clean
+.PHONY: setup demo test test-fast browser lint docs build clean
 
 setup:
 	@bash scripts/setup_env.sh
@@ -15,11 +15,15 @@ setup:
 demo: setup
 	$(BIN)/embedrag demo --workdir embedrag-demo
 
-test: setup
+test: setup browser
 	$(BIN)/python -m pytest -q
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# The browser test needs Chromium; installed from Debian's packages when missing.
+browser:
+	@bash scripts/install_browser.sh
 
 lint: setup
 	$(BIN)/ruff check embedrag tests benchmarks scripts

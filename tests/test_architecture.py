@@ -36,6 +36,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("training", ["train_config", "sampling", "contrastive", "loss", "loss.*", "finetune",
                   "launch", "holdout", "checkpoints", "train", "merge"]),
     ("llm", ["rag", "query_writers", "generate"]),
+    ("serving", ["serve", "serve.*"]),
     ("tools", ["demo", "doctor"]),
     ("cli", ["embedrag.__main__", "embedrag.cli", "embedrag.cli.*"]),
 ]

@@ -18,6 +18,7 @@ from embedrag.cli import generate as _generate
 from embedrag.cli import index as _index
 from embedrag.cli import merge as _merge
 from embedrag.cli import mine as _mine
+from embedrag.cli import serve as _serve
 from embedrag.cli import train as _train
 from embedrag.cli import validate as _validate
 from embedrag.cli._common import debug_from_environment, setup_logging, state
@@ -58,6 +59,7 @@ app.command(name="eval")(_eval.eval_command)
 app.command(name="ask")(_ask.ask)
 app.command(name="mine")(_mine.mine)
 app.command(name="generate")(_generate.generate)
+app.command(name="serve")(_serve.serve)
 app.command(name="validate")(_validate.validate)
 app.command(name="doctor")(_doctor.doctor)
 app.command(name="demo")(_demo.demo)

@@ -17,23 +17,13 @@ HELP = ("/k N  passages to retrieve    /hybrid on|off  vector + full-text    /so
         "/help  this text    /quit  leave (also Ctrl-D)")
 
 
-def _where(hit) -> str:
-    """The hit's source with its place in it: ``report.pdf p. 3``, ``guide.docx § Intro > Scope``."""
-    metadata = hit.metadata if isinstance(hit.metadata, dict) else {}
-    if metadata.get("page"):
-        return f"{hit.source} p. {metadata['page']}"
-    if metadata.get("heading_path"):
-        return f"{hit.source} § {metadata['heading_path']}"
-    return hit.source
-
-
 def _sources_table(answer) -> Table:
     table = Table(title="sources", title_justify="left")
     for column in ("#", "score", "document", "title", "source"):
         table.add_column(column, overflow="fold")
     for hit in answer.passages:
         table.add_row(str(hit.rank), f"{hit.score:.4f}", escape(f"{hit.doc_id} (chunk {hit.chunk})"),
-                      escape(hit.title[:60]), escape(_where(hit)))
+                      escape(hit.title[:60]), escape(hit.location()))
     return table
 
 

@@ -207,18 +207,12 @@ class OpenAIQueryWriter(_PromptedWriter):
                  timeout: float = 60.0, max_retries: int = 3, temperature: float = 0.0,
                  max_tokens: int = 256, max_passage_chars: int = 6000):
         super().__init__(n, prompt, language, max_passage_chars)
-        try:
-            import openai
-        except ImportError:
-            raise ConfigError("--llm openai needs the openai package: pip install 'embedrag[llm]'") from None
-        from embedrag.engine.rag import shown_url
+        from embedrag.engine.rag import openai_client, shown_url
 
         self.model, self.base_url = model, base_url or "https://api.openai.com/v1"
         self._shown_url = shown_url(self.base_url)  # messages never show a user:password@ part
         self._key = api_key if api_key is not None else api_key_from_environment()
-        # Local servers need no key; the client insists on one, and sends this placeholder.
-        self.client = openai.OpenAI(base_url=self.base_url, api_key=self._key or "no-key", timeout=timeout,
-                                    max_retries=max_retries)
+        self.client = openai_client(self.base_url, self._key, timeout=timeout, max_retries=max_retries)
         self.concurrency, self.temperature, self.max_tokens = concurrency, temperature, max_tokens
 
     def __repr__(self) -> str:  # never show the key

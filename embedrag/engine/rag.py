@@ -3,17 +3,14 @@ answer with citations ([1], [2] ...).
 
 Generators: ``none`` (the passages are the answer), ``openai`` (any OpenAI-compatible
 chat-completions server: vLLM, Ollama, llama.cpp, LM Studio, DashScope's compatible
-mode; streamed with server-sent events, standard library only) and ``hf:PATH`` (a local
-transformers causal LM, streamed).
+mode; streamed through the official ``openai`` client, the ``llm`` extra) and ``hf:PATH``
+(a local transformers causal LM, streamed).
 """
 
 from __future__ import annotations
 
-import json
 import re
 import threading
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -59,6 +56,36 @@ def best_sentence(question: str, text: str) -> str:
     return best
 
 
+def extractive_answer(question: str, hits: Sequence[Hit], sentences: int = 2) -> str:
+    """An answer with no LLM: the best sentence (:func:`best_sentence`) of each of the first
+    ``sentences`` passages that has one, each cited; the first passage's opening if none."""
+    parts = []
+    for hit in hits:
+        sentence = best_sentence(question, hit.text)
+        if sentence:
+            parts.append(f"{sentence} [{hit.rank}]")
+        if len(parts) == sentences:
+            break
+    if not parts and hits:
+        opening = _SENTENCE.split(hits[0].text.strip(), maxsplit=1)[0]
+        parts.append(f"{opening} [{hits[0].rank}]")
+    return " ".join(parts)
+
+
+_CITATION = re.compile(r"\[(\d+(?:\s*,\s*\d+)*)\]")
+
+
+def cited_numbers(answer: str, passages: int) -> list[int]:
+    """The passage numbers an answer cites (``[1]``, ``[2, 3]``), in order of first
+    citation, ignoring numbers no passage has."""
+    numbers: dict[int, None] = {}
+    for group in _CITATION.findall(answer):
+        for number in group.split(","):
+            if 1 <= int(number) <= passages:
+                numbers.setdefault(int(number), None)
+    return list(numbers)
+
+
 class Generator:
     """Turns messages into a stream of text pieces."""
 
@@ -72,74 +99,68 @@ class NoGenerator(Generator):
     """No language model: the retrieved passages are the answer."""
 
 
+def openai_client(base_url: str, api_key: str | None, *, timeout: float, max_retries: int):
+    """The official ``openai`` client for any OpenAI-compatible server (retries with
+    exponential backoff on timeouts, connection errors, 408/409/429 and 5xx)."""
+    try:
+        import openai
+    except ImportError:
+        raise ConfigError("--llm openai needs the openai package: pip install 'embedrag[llm]'") from None
+    # Local servers need no key; the client insists on one, and sends this placeholder.
+    return openai.OpenAI(base_url=base_url, api_key=api_key or "no-key", timeout=timeout,
+                         max_retries=max_retries)
+
+
 class OpenAIChatGenerator(Generator):
-    """Any server speaking the OpenAI chat-completions protocol, streamed."""
+    """Any server speaking the OpenAI chat-completions protocol, streamed through the
+    ``openai`` client. The key comes from ``api_key`` or the environment
+    (``EMBEDRAG_LLM_API_KEY``, ``OPENAI_API_KEY``) and never appears in a message."""
 
     name = "openai"
 
     def __init__(self, model: str, base_url: str = "https://api.openai.com/v1", api_key: str | None = None,
-                 timeout: float = 120.0, temperature: float = 0.0, max_tokens: int | None = None):
+                 timeout: float = 120.0, max_retries: int = 2, temperature: float = 0.0,
+                 max_tokens: int | None = None):
         self.model = model
         self.base_url = base_url.rstrip("/")
-        self.api_key = api_key if api_key is not None else api_key_from_environment()
-        self.timeout = timeout
+        self._key = api_key if api_key is not None else api_key_from_environment()
+        self._shown_url = shown_url(self.base_url)
+        self.client = openai_client(self.base_url, self._key, timeout=timeout, max_retries=max_retries)
         self.temperature = temperature
         self.max_tokens = max_tokens
 
     def __repr__(self) -> str:  # never show the key
-        return f"OpenAIChatGenerator(model={self.model!r}, base_url={shown_url(self.base_url)!r})"
+        return f"OpenAIChatGenerator(model={self.model!r}, base_url={self._shown_url!r})"
 
     def stream(self, messages: list[dict[str, str]]) -> Iterator[str]:
-        body: dict[str, Any] = {"model": self.model, "messages": messages, "stream": True,
-                                "temperature": self.temperature}
+        import openai
+
+        options: dict[str, Any] = {"temperature": self.temperature}
         if self.max_tokens:
-            body["max_tokens"] = self.max_tokens
-        headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        request = urllib.request.Request(f"{self.base_url}/chat/completions", method="POST",
-                                         data=json.dumps(body).encode("utf-8"), headers=headers)
+            options["max_tokens"] = self.max_tokens
         try:
-            response = urllib.request.urlopen(request, timeout=self.timeout)  # noqa: S310 - user-chosen URL
-        except urllib.error.HTTPError as exc:
-            detail = exc.read(300).decode("utf-8", "replace").strip().replace("\n", " ")
-            raise LLMError(redact(f"LLM server {shown_url(self.base_url)} answered HTTP {exc.code}: {detail}",
-                                  (self.api_key,))) from None
-        except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise LLMError(redact(f"cannot reach the LLM server at {shown_url(self.base_url)} ({reason})",
-                                  (self.api_key,))) from None
-        with response:
-            yield from _server_sent_text(response, shown_url(self.base_url))
+            events = self.client.chat.completions.create(model=self.model, messages=messages, stream=True,
+                                                         **options)
+            for event in events:
+                choices = getattr(event, "choices", None) or ()
+                delta = getattr(choices[0], "delta", None) if choices else None
+                if delta is not None and delta.content:
+                    yield delta.content
+        except openai.APIStatusError as exc:
+            detail = str(getattr(exc, "message", "") or "").replace("\n", " ")[:300]
+            raise LLMError(redact(f"LLM server {self._shown_url} answered HTTP {exc.status_code}: {detail}",
+                                  (self._key,))) from None
+        except openai.APITimeoutError:
+            raise LLMError(f"timed out waiting for the LLM server at {self._shown_url}") from None
+        except openai.APIConnectionError:
+            raise LLMError(f"cannot reach the LLM server at {self._shown_url}") from None
+        except openai.OpenAIError as exc:  # a reply the client cannot parse
+            raise LLMError(redact(f"unexpected reply from {self._shown_url}: {exc}", (self._key,))) from None
 
 
 def shown_url(url: str) -> str:
     """``url`` without a ``user:password@`` part, for messages."""
     return re.sub(r"//[^/@]*@", "//", url, count=1)
-
-
-def _server_sent_text(response, base_url: str) -> Iterator[str]:
-    content_type = response.headers.get("Content-Type", "")
-    if "text/event-stream" not in content_type:  # a server that ignores "stream": one JSON reply
-        try:
-            reply = json.loads(response.read().decode("utf-8"))
-            yield reply["choices"][0]["message"]["content"] or ""
-        except (ValueError, KeyError, IndexError, TypeError) as exc:
-            raise LLMError(f"unexpected reply from {base_url}: {exc}") from None
-        return
-    for raw in response:
-        line = raw.decode("utf-8", "replace").strip()
-        if not line.startswith("data:"):
-            continue
-        data = line[5:].strip()
-        if data == "[DONE]":
-            return
-        try:
-            delta = json.loads(data)["choices"][0].get("delta", {})
-        except (ValueError, KeyError, IndexError) as exc:
-            raise LLMError(f"unexpected event from {base_url}: {exc}") from None
-        if delta.get("content"):
-            yield delta["content"]
 
 
 def load_causal_lm(path: str, device: str | None = None, *, padding_side: str | None = None):

@@ -116,6 +116,15 @@ class Hit:
     source: str
     metadata: dict[str, Any] = field(default_factory=dict)
 
+    def location(self) -> str:
+        """The source with the place in it: ``report.pdf p. 3``, ``guide.docx § Intro > Scope``."""
+        metadata = self.metadata if isinstance(self.metadata, dict) else {}
+        if metadata.get("page"):
+            return f"{self.source} p. {metadata['page']}"
+        if metadata.get("heading_path"):
+            return f"{self.source} § {metadata['heading_path']}"
+        return self.source
+
 
 def _lancedb():
     os.environ.setdefault("LANCEDB_LOG", "error")
@@ -379,13 +388,16 @@ def vector_index_type(handle) -> str | None:
                  if "vector" in getattr(config, "columns", ())), None)
 
 
-def vector_search(handle, vector, k: int, *, index_type: str | None = None) -> list[Hit]:
+def vector_search(handle, vector, k: int, *, index_type: str | None = None, where: str | None = None) -> list[Hit]:
     """Nearest chunks by cosine similarity (score = 1 - cosine distance). ``index_type``
     (from :func:`vector_index_type`) picks the ANN query settings: HNSW search breadth, and
     how many times k candidates to re-score with exact distances (quantised indexes return
-    approximate ones; PQ needs a wide re-scoring to recall well)."""
+    approximate ones; PQ needs a wide re-scoring to recall well). ``where`` filters before
+    the search, so k hits come back whenever k chunks match."""
     query = handle.search(vector.tolist() if hasattr(vector, "tolist") else vector)
     query = query.distance_type("cosine").limit(k)
+    if where:
+        query = query.where(where, prefilter=True)
     if index_type:
         if "Hnsw" in index_type and ANN_EF:
             query = query.ef(ANN_EF)
@@ -394,10 +406,13 @@ def vector_search(handle, vector, k: int, *, index_type: str | None = None) -> l
     return [_hit(i + 1, row, 1.0 - float(row["_distance"])) for i, row in enumerate(rows)]
 
 
-def text_search(handle, text: str, k: int) -> list[Hit]:
+def text_search(handle, text: str, k: int, *, where: str | None = None) -> list[Hit]:
     """BM25 full-text search (needs the table's FTS index)."""
     try:
-        rows = handle.search(text, query_type="fts").limit(k).select([*_COLUMNS]).to_list()
+        query = handle.search(text, query_type="fts").limit(k)
+        if where:
+            query = query.where(where, prefilter=True)
+        rows = query.select([*_COLUMNS]).to_list()
     except Exception as exc:  # noqa: BLE001 - no FTS index, or a query the parser rejects
         logger.warning("full-text search failed (%s); using vector results only", exc)
         return []
@@ -443,21 +458,49 @@ class Retriever:
             raise TableMismatchError(f"table {table!r} was embedded with {self.settings.model}; "
                                      f"{model or self.settings.model} gives different vectors")
 
-    def search(self, question: str, k: int = 5, *, hybrid: bool = False) -> list[Hit]:
-        return self.search_many([question], k, hybrid=hybrid)[0]
+    def search(self, question: str, k: int = 5, *, hybrid: bool = False,
+               filters: dict[str, Any] | None = None) -> list[Hit]:
+        return self.search_many([question], k, hybrid=hybrid, filters=filters)[0]
 
-    def search_many(self, questions: Sequence[str], k: int = 5, *, hybrid: bool = False) -> list[list[Hit]]:
-        """:meth:`search` for each question, the questions embedded together in batches."""
+    def search_many(self, questions: Sequence[str], k: int = 5, *, hybrid: bool = False,
+                    filters: dict[str, Any] | None = None) -> list[list[Hit]]:
+        """:meth:`search` for each question, the questions embedded together in batches.
+        ``filters`` keep only chunks whose columns match (see :func:`filter_clause`)."""
         if k <= 0:
             raise ConfigError(f"--top-k must be positive, got {k}")
         vectors = self.encoder.encode(list(questions), "query")
-        return [self._hits(question, vector, k, hybrid) for question, vector in zip(questions, vectors)]
+        return [self.search_vector(question, vector, k, hybrid=hybrid, filters=filters)
+                for question, vector in zip(questions, vectors)]
 
-    def _hits(self, question: str, vector, k: int, hybrid: bool) -> list[Hit]:
-        dense = vector_search(self.table, vector, k if not hybrid else max(k, 20), index_type=self.index_type)
+    def search_vector(self, question: str, vector, k: int, *, hybrid: bool = False,
+                      filters: dict[str, Any] | None = None) -> list[Hit]:
+        """Hits for a question already embedded (``vector``, by this retriever's encoder);
+        ``question`` feeds the full-text half of hybrid search."""
+        where = filter_clause(filters)
+        dense = vector_search(self.table, vector, k if not hybrid else max(k, 20), index_type=self.index_type,
+                              where=where)
         if not hybrid:
             return dense[:k]
-        return reciprocal_rank_fusion([dense, text_search(self.table, question, max(k, 20))], k)
+        return reciprocal_rank_fusion([dense, text_search(self.table, question, max(k, 20), where=where)], k)
+
+
+FILTER_COLUMNS = ("doc_id", "chunk_id", "source", "title")
+
+
+def filter_clause(filters: dict[str, Any] | None) -> str | None:
+    """A SQL ``WHERE`` for LanceDB from ``{column: value or [values]}`` over
+    :data:`FILTER_COLUMNS` (values quoted, so no filter can inject SQL); None for none."""
+    if not filters:
+        return None
+    parts = []
+    for column, value in filters.items():
+        if column not in FILTER_COLUMNS:
+            raise ConfigError(f"cannot filter on {column!r}; filters take {', '.join(FILTER_COLUMNS)}")
+        values = value if isinstance(value, (list, tuple)) else [value]
+        if not values or not all(isinstance(v, str) for v in values):
+            raise ConfigError(f"filter {column!r} takes a string or a non-empty list of strings")
+        parts.append(f"{column} IN ({_quote(values)})")
+    return " AND ".join(parts)
 
 
 def index(inputs: Sequence[str | os.PathLike], model: str = DEFAULT_MODEL,
