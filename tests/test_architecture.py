@@ -27,15 +27,15 @@ MAX_CLASS_LINES = 250
 # package's name; "X.*" is every submodule of X.
 LAYERS: list[tuple[str, list[str]]] = [
     ("core", ["embedrag", "embedrag.engine", "errors", "atomic"]),
-    ("data", ["data", "documents", "testsets"]),
+    ("data", ["data", "documents", "testsets", "answer_sets"]),
     ("encoding", ["precision", "models", "pooling", "st_format", "adapter_loading", "parallel",
                   "encoder", "fingerprint", "validate"]),
     ("retrieval", ["search", "lexical", "store"]),
-    ("evaluation", ["metrics", "significance", "evaluate"]),
+    ("evaluation", ["metrics", "significance", "evaluate", "answer_metrics"]),
     ("mining", ["mine"]),
     ("training", ["train_config", "sampling", "contrastive", "loss", "loss.*", "finetune",
                   "launch", "holdout", "checkpoints", "train", "merge"]),
-    ("llm", ["rag", "query_writers", "generate"]),
+    ("llm", ["rag", "query_writers", "generate", "answer_eval"]),
     ("serving", ["serve", "serve.*"]),
     ("tools", ["demo", "doctor"]),
     ("cli", ["embedrag.__main__", "embedrag.cli", "embedrag.cli.*"]),

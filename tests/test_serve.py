@@ -294,3 +294,13 @@ def test_openai_client_gets_the_vectors_encoder_encode_gives(minilm_path):
         assert [m.id for m in client.models.list()] == ["minilm"]
         with pytest.raises(openai.NotFoundError, match="not served here"):
             client.embeddings.create(model="text-embedding-3-small", input="x")
+
+
+def test_ask_with_a_local_hf_model_streams_its_tokens(food_db, tiny_qwen2):
+    with running_app(ServeConfig(db=str(food_db), llm=f"hf:{tiny_qwen2}", max_new_tokens=6, device="cpu")) as (url, _):
+        status, text, _ = request(f"{url}/v1/ask", {"question": "tea?", "k": 2})
+    assert status == 200
+    pairs = events(text)
+    assert pairs[0][1]["generator"] == "hf" and pairs[-1][0] == "done"
+    tokens = "".join(data["text"] for name, data in pairs if name == "token")
+    assert tokens and pairs[-1][1]["answer"] == tokens

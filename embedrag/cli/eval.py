@@ -10,6 +10,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from embedrag.cli import eval_answers as answers_cli
 from embedrag.cli._common import MAX_BATCH_TOKENS_HELP, PRECISION_HELP, console, reports_errors
 from embedrag.engine.models import DEFAULT_MODEL
 
@@ -109,11 +110,31 @@ def eval_command(
     table: Annotated[str, typer.Option(help="Table name, with --db.")] = "docs",
     hybrid: Annotated[bool, typer.Option("--hybrid/--no-hybrid", help="With --db: vector + full-text search.")
                       ] = False,
+    answers: answers_cli.Answers = None,
+    corpus: answers_cli.AnswersCorpus = None,
+    top_k: answers_cli.TopK = 5,
+    llm: answers_cli.Llm = "none",
+    llm_base_url: answers_cli.LlmBaseUrl = "https://api.openai.com/v1",
+    llm_model: answers_cli.LlmModel = None,
+    bertscore_model: answers_cli.BertScoreModel = "auto",
+    bertscore_layer: answers_cli.BertScoreLayer = None,
+    judge: answers_cli.Judge = None,
+    faithfulness_threshold: answers_cli.Threshold = 0.75,
 ) -> None:
-    """Evaluate Top-K retrieval: Hit, Recall, Precision, MRR, nDCG and MAP @K, as trec_eval does."""
+    """Evaluate Top-K retrieval (Hit, Recall, Precision, MRR, nDCG and MAP @K, as trec_eval does),
+    or with --answers the answers of the RAG loop (accuracy, BLEU, ROUGE, BERTScore, faithfulness)."""
     from embedrag.engine.errors import ConfigError
     from embedrag.engine.metrics import check_ks
 
+    if answers is not None:
+        report = answers_cli.run_answers(
+            answers, model or [DEFAULT_MODEL], corpus=corpus, beir=beir, db=db, table=table, top_k=top_k, llm=llm,
+            llm_base_url=llm_base_url, llm_model=llm_model, bertscore_model=bertscore_model,
+            bertscore_layer=bertscore_layer, judge=judge, threshold=faithfulness_threshold, cache_dir=cache_dir,
+            cache=cache, precision=precision)
+        shown = answers_cli.shown_metrics(report, None if table_metrics == DEFAULT_TABLE else table_metrics)
+        _finish(report, shown, output, per_query, plot, answers_cli.answers_table)
+        return
     ks = check_ks(_parse_ks(k))
     if (test_dataset is None) == (beir is None):
         raise ConfigError("pass exactly one of --test-dataset FILE or --beir FOLDER")
@@ -153,10 +174,11 @@ def eval_command(
     _finish(report, shown, output, per_query, plot)
 
 
-def _finish(report, shown: list[str], output: Path | None, per_query: bool, plot: Path | None) -> None:
+def _finish(report, shown: list[str], output: Path | None, per_query: bool, plot: Path | None,
+            render=None) -> None:
     from embedrag.engine.evaluate import plot_report
 
-    console.print(_table(report, shown))
+    console.print((render or _table)(report, shown))
     if len(report.models) > 1:
         console.print(_significance_table(report, shown))
         console.print("[dim]* p < 0.05 in the paired randomization (permutation) test[/]")
