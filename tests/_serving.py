@@ -74,7 +74,8 @@ def free_port() -> int:
 
 class FakeChat:
     """An OpenAI-compatible chat server on 127.0.0.1 that streams ``pieces`` (``delay``
-    seconds apart) and records each request."""
+    seconds apart; joined in one JSON reply when the request does not stream) and records
+    each request."""
 
     def __init__(self, pieces=("Noodles are best at ", "the market [1]", " and the shop [2]."), delay=0.0):
         self.pieces, self.delay, self.requests = list(pieces), delay, []
@@ -84,6 +85,16 @@ class FakeChat:
             def do_POST(self):  # noqa: N802 - http.server naming
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 fake.requests.append({"path": self.path, "body": body, "auth": self.headers.get("Authorization")})
+                if not body.get("stream"):  # one JSON reply
+                    reply = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": "m",
+                                        "choices": [{"index": 0, "finish_reason": "stop", "message": {
+                                            "role": "assistant", "content": "".join(fake.pieces)}}]}).encode()
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(reply)))
+                    self.end_headers()
+                    self.wfile.write(reply)
+                    return
                 self.send_response(200)
                 self.send_header("Content-Type", "text/event-stream")
                 self.end_headers()

@@ -80,9 +80,40 @@ def _build_tiny_qwen2(folder: Path) -> Path:
     return folder
 
 
+def _build_tiny_blip(folder: Path, tokenizer_folder: Path) -> Path:
+    """A random BLIP captioner (image-to-text) from a config: 32x32 images, the tiny BERT's vocabulary."""
+    import torch
+    from transformers import (
+        AutoTokenizer,
+        BlipConfig,
+        BlipForConditionalGeneration,
+        BlipImageProcessorPil,
+        BlipProcessor,
+    )
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder)
+    vocab = tokenizer.get_vocab()
+    torch.manual_seed(0)
+    text = dict(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                intermediate_size=64, max_position_embeddings=64, bos_token_id=vocab["[CLS]"],
+                pad_token_id=vocab["[PAD]"], sep_token_id=vocab["[SEP]"], eos_token_id=vocab["[SEP]"])
+    vision = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                  image_size=32, patch_size=8)
+    BlipForConditionalGeneration(BlipConfig(text_config=text, vision_config=vision, projection_dim=32)
+                                 ).save_pretrained(folder)
+    image_processor = BlipImageProcessorPil(size={"height": 32, "width": 32})
+    BlipProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory) -> Path:
     return _build_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="session")
+def tiny_blip(tmp_path_factory, tiny_bert) -> Path:
+    return _build_tiny_blip(tmp_path_factory.mktemp("tiny-blip"), tiny_bert)
 
 
 @pytest.fixture(scope="session")

@@ -35,7 +35,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("mining", ["mine"]),
     ("training", ["train_config", "sampling", "contrastive", "loss", "loss.*", "finetune",
                   "launch", "holdout", "checkpoints", "train", "merge"]),
-    ("llm", ["rag", "query_writers", "generate", "answer_eval"]),
+    ("llm", ["rag", "query_writers", "generate", "answer_eval", "captions"]),
     ("serving", ["serve", "serve.*"]),
     ("tools", ["demo", "doctor"]),
     ("cli", ["embedrag.__main__", "embedrag.cli", "embedrag.cli.*"]),

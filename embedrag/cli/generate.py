@@ -10,6 +10,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from embedrag.cli import _captions as captions
 from embedrag.cli._common import PRECISION_HELP, console, err_console, reports_errors
 from embedrag.engine.models import DEFAULT_MODEL
 
@@ -83,6 +84,11 @@ def generate(
     seed: Annotated[int, typer.Option(help="Seed of inverse cloze's sentence choice.")] = 42,
     report: Annotated[Path | None, typer.Option("--report", help="Also write the summary as JSON.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --output file.")] = False,
+    caption_model: captions.CaptionModel = None,
+    caption_llm: captions.CaptionLlm = None,
+    caption_llm_model: captions.CaptionLlmModel = None,
+    caption_llm_base_url: captions.CaptionLlmBaseUrl = None,
+    caption_cache: captions.CaptionCache = None,
 ) -> None:
     """Write training queries for documents (no labelled queries needed), filter them and mine hard
     negatives. Resumable: re-run the same command after an interruption."""
@@ -102,12 +108,14 @@ def generate(
                                    prompt_file=prompt, language=language, concurrency=concurrency,
                                    timeout=timeout, max_retries=max_retries, batch_size=llm_batch_size,
                                    max_query_chars=max_query_chars, seed=seed)
+        captioner = captions.captioner(caption_model, caption_llm, caption_llm_model, caption_llm_base_url,
+                                       caption_cache)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=console,
                   transient=True) as bars:
         result = run_generate(input, output, writer, model=model, config=config,
                               fields=JsonlFields(text=text_field, title=title_field), glob=glob,
-                              progress=_progress(bars))
+                              captioner=captioner, progress=_progress(bars))
     console.print(_summary(result))
     if result.chunks_failed:
         err_console.print(f"[yellow]warning:[/] {result.chunks_failed} chunks failed (first: "

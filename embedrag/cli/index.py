@@ -10,6 +10,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from embedrag.cli import _captions as captions
 from embedrag.cli._common import MAX_BATCH_TOKENS_HELP, PRECISION_HELP, console, reports_errors
 from embedrag.engine.models import DEFAULT_MODEL
 
@@ -42,6 +43,11 @@ def index(
     precision: Annotated[str, typer.Option("--precision", help=PRECISION_HELP)] = "auto",
     max_batch_tokens: Annotated[int | None, typer.Option(
         "--max-batch-tokens", min=1, help=MAX_BATCH_TOKENS_HELP, show_default=False)] = None,
+    caption_model: captions.CaptionModel = None,
+    caption_llm: captions.CaptionLlm = None,
+    caption_llm_model: captions.CaptionLlmModel = None,
+    caption_llm_base_url: captions.CaptionLlmBaseUrl = None,
+    caption_cache: captions.CaptionCache = None,
 ) -> None:
     """Chunk documents with the model's tokenizer, embed them and store them in LanceDB."""
     from embedrag.engine.documents import JsonlFields, read_documents
@@ -49,8 +55,11 @@ def index(
     from embedrag.engine.store import build_index
 
     with console.status("reading documents..."):
+        captioner = captions.captioner(caption_model, caption_llm, caption_llm_model, caption_llm_base_url,
+                                       caption_cache)
         documents = list(read_documents(input, fields=JsonlFields(text=text_field, id=id_field,
-                                                                  title=title_field), glob=glob))
+                                                                  title=title_field), glob=glob,
+                                        captioner=captioner))
     if not documents:
         from embedrag.engine.errors import DataError
 

@@ -30,6 +30,12 @@ what a search hit, and ``ask``'s sources, can cite):
   only per-section Documents let each chunk cite its section. A heading with no text under
   it (directly followed by a sub-heading) makes no Document of its own; it lives on in its
   sub-sections' ``heading_path``.
+- Images (``.png``, ``.jpg``, ``.jpeg``, ``.webp``): one Document, the caption a
+  ``captioner`` writes (``embedrag.engine.captions``: a local image-to-text model or an
+  OpenAI-compatible vision endpoint, cached by image content), id the file's name,
+  metadata ``image`` (the path) and ``caption_model``. A JSONL row with an ``image`` path
+  (relative to the JSONL file) gets its caption after its text. An image without a
+  captioner is a ConfigError; an unreadable image a WARNING, and it is skipped.
 
 Paragraphs are separated by blank lines (a DOCX table is one paragraph, a line per row),
 so the Chunker packs whole paragraphs. Re-indexing a PDF or DOCX that lost pages or sections with
@@ -59,7 +65,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from embedrag.engine.errors import ConfigError, DataError, EmbedragError
 
@@ -68,9 +74,11 @@ MARKDOWN_SUFFIXES = (".md", ".markdown")
 PDF_SUFFIXES = (".pdf",)
 HTML_SUFFIXES = (".html", ".htm")
 DOCX_SUFFIXES = (".docx",)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 SUPPORTED_SUFFIXES = (".jsonl", *TEXT_SUFFIXES, *MARKDOWN_SUFFIXES, *PDF_SUFFIXES, *HTML_SUFFIXES,
-                      *DOCX_SUFFIXES)
-SUPPORTED_TYPES = ".jsonl, .txt, .md, .pdf, .html, .docx"
+                      *DOCX_SUFFIXES, *IMAGE_SUFFIXES)
+SUPPORTED_TYPES = ".jsonl, .txt, .md, .pdf, .html, .docx, images (.png, .jpg, .webp)"
+NEEDS_CAPTIONS = "caption it with --caption-model hf:PATH or --caption-llm openai"
 DOCUMENTS_EXTRA = "pip install 'embedrag[documents]'"
 _SENTENCE_END = re.compile(r"(?<=[.!?。！？])\s+|(?<=[。！？])")
 _PARAGRAPH = re.compile(r"\n\s*\n")
@@ -92,19 +100,49 @@ class Document:
 
 @dataclass
 class JsonlFields:
-    """Which JSONL fields hold the text, id and title (BEIR: text, _id, title)."""
+    """Which JSONL fields hold the text, id, title and an image path (BEIR: text, _id, title)."""
 
     text: str = "text"
     id: str | None = None
     title: str = "title"
+    image: str = "image"
 
 
-def _jsonl_documents(path: Path, fields: JsonlFields) -> Iterator[Document]:
+class Captioner(Protocol):
+    """Turns an image file into text (``embedrag.engine.captions``); None for an image it
+    cannot read (it warns)."""
+
+    name: str
+
+    def __call__(self, path: Path) -> str | None: ...
+
+
+def _row_image(record: dict, path: Path, number: int, fields: JsonlFields, captioner: Captioner | None):
+    """(caption, image path) of a row's image field when there is a captioner, else None."""
+    image = record.get(fields.image)
+    if captioner is None or not isinstance(image, str) or not image.strip():
+        return None
+    image_path = (path.parent / image) if not Path(image).is_absolute() else Path(image)
+    if not image_path.is_file():
+        logger.warning("%s:%d: image %s not found; the row keeps its text only", path, number, image_path)
+        return None
+    caption = captioner(image_path)
+    if not caption:
+        logger.warning("%s:%d: its image %s gave no caption; the row keeps its text only", path, number, image_path)
+        return None
+    return caption, image_path
+
+
+def _jsonl_documents(path: Path, fields: JsonlFields, captioner: Captioner | None = None) -> Iterator[Document]:
     from embedrag.engine.data import iter_json_objects
 
     id_field = fields.id
     for number, record in iter_json_objects(path):
         text = record.get(fields.text)
+        captioned = _row_image(record, path, number, fields, captioner)
+        if captioned is not None:
+            text = f"{text}\n{captioned[0]}" if isinstance(text, str) and text.strip() else captioned[0]
+            record = {**record, fields.image: str(captioned[1]), "caption_model": captioner.name}
         if not isinstance(text, str):
             raise DataError([f"{path}:{number}: missing or non-string {fields.text!r} field "
                              "(choose it with --text-field)"])
@@ -325,9 +363,10 @@ _READERS = {**{s: _markdown_documents for s in MARKDOWN_SUFFIXES}, **{s: _pdf_do
 
 
 def read_documents(inputs: Sequence[str | os.PathLike], *, fields: JsonlFields | None = None,
-                   glob: str = "**/*") -> Iterator[Document]:
+                   glob: str = "**/*", captioner: Captioner | None = None) -> Iterator[Document]:
     """Every document of the given files and folders, in a stable order (see the module's
-    docstring for what each file type becomes and how failures are reported)."""
+    docstring for what each file type becomes and how failures are reported). Images, and
+    JSONL rows with an image path, need a ``captioner``."""
     fields = fields or JsonlFields()
     for raw in inputs:
         path = Path(raw)
@@ -339,15 +378,28 @@ def read_documents(inputs: Sequence[str | os.PathLike], *, fields: JsonlFields |
             if not files:
                 raise DataError([f"{path}: no {SUPPORTED_TYPES} files (glob {glob!r})"])
             for file in files:
-                yield from _file_documents(file, fields, root=path)
+                yield from _file_documents(file, fields, root=path, captioner=captioner)
         else:
-            yield from _file_documents(path, fields, root=None)
+            yield from _file_documents(path, fields, root=None, captioner=captioner)
 
 
-def _file_documents(path: Path, fields: JsonlFields, root: Path | None) -> Iterator[Document]:
+def _image_documents(path: Path, root: Path | None, captioner: Captioner | None) -> list[Document]:
+    if captioner is None:
+        raise ConfigError(f"{path} is an image: {NEEDS_CAPTIONS}")
+    caption = captioner(path)
+    if not caption:
+        return []  # the captioner said why
+    return [Document(id=_doc_id(path, root), text=caption, title=path.name, source=str(path),
+                     metadata={"image": str(path), "caption_model": captioner.name})]
+
+
+def _file_documents(path: Path, fields: JsonlFields, root: Path | None,
+                    captioner: Captioner | None = None) -> Iterator[Document]:
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
-        yield from _jsonl_documents(path, fields)
+        yield from _jsonl_documents(path, fields, captioner)
+    elif suffix in IMAGE_SUFFIXES:
+        yield from _image_documents(path, root, captioner)
     elif suffix in TEXT_SUFFIXES:
         yield _text_document(path, root)
     elif suffix in _READERS:

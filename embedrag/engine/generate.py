@@ -253,6 +253,7 @@ def generate(
     config: GenerateConfig | None = None,
     fields=None,
     glob: str = "**/*",
+    captioner=None,
     device: str | None = None,
     progress: Progress | None = None,
     **writer_options: Any,
@@ -261,7 +262,7 @@ def generate(
     docstring). ``writer``: a :class:`QueryWriter`, or ``"none"``, ``"openai"`` or
     ``"hf:PATH"`` with ``writer_options`` for :func:`make_query_writer` (``n=2,
     llm_model=...``). ``model`` chunks, filters (round trip) and mines, as ``index`` and
-    ``mine`` do.
+    ``mine`` do; ``captioner`` (:func:`embedrag.engine.captions.make_captioner`) reads images.
     """
     from embedrag.engine.query_writers import make_query_writer
 
@@ -279,7 +280,7 @@ def generate(
     if output.is_dir():
         raise ConfigError(f"--output {output} is a folder; give a file name such as train.jsonl")
     started = time.perf_counter()
-    documents = list(read_documents(inputs, fields=fields, glob=glob))
+    documents = list(read_documents(inputs, fields=fields, glob=glob, captioner=captioner))
     if not documents:
         raise DataError([f"{', '.join(map(str, inputs))}: no documents"])
     encoder = model if isinstance(model, Encoder) else Encoder.load(model or DEFAULT_MODEL, device=device)
