@@ -29,7 +29,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("core", ["embedrag", "embedrag.engine", "errors", "atomic"]),
     ("data", ["data", "documents", "testsets", "answer_sets"]),
     ("encoding", ["precision", "models", "pooling", "st_format", "adapter_loading", "parallel",
-                  "encoder", "fingerprint", "validate"]),
+                  "encoder", "fingerprint", "validate", "light_bert"]),
     ("retrieval", ["search", "lexical", "store"]),
     ("evaluation", ["metrics", "significance", "evaluate", "answer_metrics"]),
     ("mining", ["mine"]),

@@ -11,7 +11,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from embedrag.cli._common import console, err_console, reports_errors
+from embedrag.cli._common import console, err_console, loading, reports_errors
 
 HELP = ("/k N  passages to retrieve    /hybrid on|off  vector + full-text    /sources  last sources\n"
         "/help  this text    /quit  leave (also Ctrl-D)")
@@ -156,8 +156,8 @@ def ask(
     from embedrag.engine.rag import RAG, make_generator
     from embedrag.engine.store import Retriever
 
-    with console.status("loading..."):
-        retriever = Retriever(db, table, model=model)
+    with console.status("loading..."), loading():
+        retriever = Retriever(db, table, model=model, light=True)
         generator = make_generator(llm, base_url=llm_base_url, model=llm_model, max_new_tokens=max_new_tokens)
     rag = RAG(retriever, generator, top_k=top_k, hybrid=hybrid)
     if question is None:

@@ -187,6 +187,7 @@ class Encoder:
         trust_remote_code: bool = False,
         allow_download: bool = True,
         model_kwargs: dict[str, Any] | None = None,
+        light: bool = False,
     ) -> Encoder:
         """Load a model folder or hub id (resolved offline first, see :func:`resolve_model`).
 
@@ -194,7 +195,9 @@ class Encoder:
         ``embedrag.json``, its sentence-transformers files, then architecture defaults.
         A LoRA/QLoRA adapter folder (``adapter_config.json``) is loaded on its base model
         without merging. ``model_kwargs`` go to ``from_pretrained`` (e.g. a
-        ``quantization_config``)."""
+        ``quantization_config``). ``light`` (inference only) runs a plain BERT folder
+        without importing transformers' modelling code (:mod:`embedrag.engine.light_bert`:
+        same ops, same weights, ~2 CPU-seconds less start-up); other models load as usual."""
         resolved = resolve_model(name_or_path, allow_download=allow_download)
         folder = resolved.path
         if is_adapter_folder(folder):
@@ -204,10 +207,9 @@ class Encoder:
                 query_instruction=query_instruction, passage_instruction=passage_instruction,
                 query_max_length=query_max_length, passage_max_length=passage_max_length)
         import torch
-        from transformers import AutoConfig, AutoModel, AutoTokenizer
 
-        hf_config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
-        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
+        light = light and dtype is None and not model_kwargs and not trust_remote_code
+        model, tokenizer, hf_config = _load_parts(folder, light, trust_remote_code)
         if tokenizer.pad_token is None:
             # Decoders often ship without a pad token; any id works since it is masked.
             tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
@@ -237,8 +239,11 @@ class Encoder:
 
         torch_dtype = {None: None, "fp32": torch.float32, "bf16": torch.bfloat16,
                        "fp16": torch.float16}[dtype]
-        model = _load_backbone(AutoModel, folder, hf_config, torch_dtype, trust_remote_code,
-                               model_kwargs or {})
+        if model is None:
+            from transformers import AutoModel
+
+            model = _load_backbone(AutoModel, folder, hf_config, torch_dtype, trust_remote_code,
+                                   model_kwargs or {})
         config.dimension = int(getattr(hf_config, "hidden_size", 0) or 0) or None
         device = device or default_device()
         if not getattr(model, "is_quantized", False):  # bitsandbytes models are placed at load
@@ -680,6 +685,21 @@ def _cut_for_tokens(tokenizer, prefix: str, text: str, max_tokens: int) -> str:
     cut = text[:limit]
     ids = tokenizer(prefix + cut, add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
     return cut if len(ids) >= max_tokens + _CUT_MARGIN_TOKENS else text
+
+
+def _load_parts(folder: Path, light: bool, trust_remote_code: bool) -> tuple[Any, Any, Any]:
+    """``(model, tokenizer, config)``: a plain BERT's from :mod:`light_bert` when ``light``,
+    else ``(None, tokenizer, config)`` from transformers (the model is loaded later)."""
+    if light:
+        from embedrag.engine.light_bert import load_light_bert
+
+        loaded = load_light_bert(folder)
+        if loaded is not None:
+            return loaded
+    from transformers import AutoConfig, AutoTokenizer
+
+    hf_config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
+    return None, AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code), hf_config
 
 
 def _load_backbone(auto_model, folder: Path, hf_config, torch_dtype, trust_remote_code: bool,

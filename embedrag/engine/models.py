@@ -74,6 +74,14 @@ def _is_hub_id(name: str) -> bool:
 
 def _hf_cache_path(repo_id: str) -> Path | None:
     try:
+        from huggingface_hub import constants
+    except ImportError:  # pragma: no cover - transformers always brings huggingface_hub
+        return None
+    # No cached copy, no folder: skip importing the hub client (0.15-0.3 CPU-s of httpx and
+    # hf_api), which would only look for this folder and fail.
+    if not (Path(constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}").is_dir():
+        return None
+    try:
         from huggingface_hub import snapshot_download
         from huggingface_hub.errors import LocalEntryNotFoundError
     except ImportError:  # pragma: no cover - transformers always brings huggingface_hub

@@ -441,7 +441,7 @@ class Retriever:
     """Searches one table with the model that built it."""
 
     def __init__(self, db: str | os.PathLike, table: str, *, model: str | None = None,
-                 device: str | None = None):
+                 device: str | None = None, light: bool = False):
         from embedrag.engine.encoder import Encoder
         from embedrag.engine.fingerprint import model_fingerprint
 
@@ -452,7 +452,7 @@ class Retriever:
         # the model folder's saved ones is searched with those it was built with.
         self.encoder = Encoder.load(model or self.settings.model, device=device,
                                     query_max_length=self.settings.query_max_length,
-                                    passage_max_length=self.settings.passage_max_length)
+                                    passage_max_length=self.settings.passage_max_length, light=light)
         fingerprint = model_fingerprint(self.encoder)
         if fingerprint != self.settings.fingerprint:
             raise TableMismatchError(f"table {table!r} was embedded with {self.settings.model}; "
