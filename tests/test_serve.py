@@ -304,3 +304,41 @@ def test_ask_with_a_local_hf_model_streams_its_tokens(food_db, tiny_qwen2):
     assert pairs[0][1]["generator"] == "hf" and pairs[-1][0] == "done"
     tokens = "".join(data["text"] for name, data in pairs if name == "token")
     assert tokens and pairs[-1][1]["answer"] == tokens
+
+
+def test_only_the_batcher_thread_uses_the_encoders_tokenizer(food_db):
+    """A fast tokenizer's truncation setting is shared state that every encode changes:
+    request checks that counted tokens with it from other threads saw counts cut to the
+    model's length (and let over-limit inputs through). They count with their own copy."""
+    import threading as threads
+
+    with running_app(ServeConfig(db=str(food_db), limits=Limits(max_input_tokens=200), device="cpu")) as (url, state):
+        tokenizer, callers = state.encoder.tokenizer, set()
+
+        class Recording:
+            def __call__(self, *args, **kwargs):
+                callers.add(threads.current_thread().name)
+                return tokenizer(*args, **kwargs)
+
+            def __getattr__(self, name):
+                return getattr(tokenizer, name)
+
+        state.encoder.tokenizer = Recording()
+        statuses = [request(f"{url}/v1/embeddings", {"input": text})[0]
+                    for text in ("tea", "word " * 300, "rice and tea")]
+        assert request(f"{url}/v1/search", {"query": "tea"})[0] == 200
+    assert statuses == [200, 400, 200]
+    assert callers == {"embedrag-batcher"}
+
+
+def test_the_listening_socket_is_tcp_so_replies_are_not_held_by_nagle():
+    import socket
+
+    from embedrag.engine.serve.runner import bind
+
+    listener = bind("127.0.0.1", 0)
+    try:
+        # asyncio turns TCP_NODELAY on for accepted connections only on an IPPROTO_TCP socket.
+        assert listener.proto == socket.IPPROTO_TCP
+    finally:
+        listener.close()

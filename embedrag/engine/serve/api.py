@@ -127,8 +127,9 @@ def _token_counts(state: ServerState, texts: list[str], kind: str) -> list[int]:
     """Tokens embedded per text (the model reads at most its maximum length); a text over the
     server's per-input limit is refused rather than cut silently."""
     limit = state.config.limits.max_input_tokens
-    counts = [len(ids) for ids in state.encoder.tokenizer(texts, add_special_tokens=True, truncation=False,
-                                                          verbose=False)["input_ids"]]
+    with state.counting_lock:
+        encoded = state.counting_tokenizer(texts, add_special_tokens=True, truncation=False, verbose=False)
+    counts = [len(ids) for ids in encoded["input_ids"]]
     for index, count in enumerate(counts):
         if count > limit:
             raise APIError(400, f"input[{index}] has {count:,} tokens; the limit is {limit:,} per input",

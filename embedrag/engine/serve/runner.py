@@ -56,8 +56,10 @@ def _graceful_server_class():
 def bind(host: str, port: int) -> socket.socket:
     """A listening-ready socket, or a one-line error (port in use, unknown host)."""
     try:
-        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-        listener = socket.socket(family, socket.SOCK_STREAM)
+        family, kind, protocol = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][:3]
+        # The protocol must be IPPROTO_TCP: asyncio sets TCP_NODELAY on accepted connections
+        # only then, and without it Nagle's algorithm holds every reply ~40 ms for the ACK.
+        listener = socket.socket(family, kind, protocol or socket.IPPROTO_TCP)
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind((host, port))
     except OSError as exc:

@@ -31,6 +31,16 @@ class ServerState:
     started: float = field(default_factory=time.time)
     # A local HF model generates for one request at a time; remote servers need no lock.
     generate_lock: threading.Lock = field(default_factory=threading.Lock)
+    # Request checks count tokens with their own tokenizer: a fast tokenizer's truncation
+    # setting is shared state, and the batcher's encoder sets it while it encodes.
+    counting_tokenizer: Any = None
+    counting_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        if self.counting_tokenizer is None:
+            import copy
+
+            self.counting_tokenizer = copy.deepcopy(self.encoder.tokenizer)
 
     def start(self) -> None:
         from embedrag.engine.serve.batching import EmbeddingBatcher
