@@ -121,3 +121,17 @@ def test_a_corrupt_image_is_a_one_line_warning_and_an_image_without_a_captioner_
                                  str(tmp_path / "db")])
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert result.exit_code == 2 and len(lines) == 1 and "is an image: caption it" in lines[0], result.output
+
+
+def test_eval_answers_retrieves_from_captioned_images(tiny_bert, tiny_blip, tmp_path):
+    folder = _pictures(tmp_path / "pictures", count=2)
+    answers = tmp_path / "answers.jsonl"
+    answers.write_text(json.dumps({"question": "what is in the picture?", "answer": "a picture"}) + "\n")
+    result = runner.invoke(app, ["eval", "--answers", str(answers), "--corpus", str(folder), "--model", str(tiny_bert),
+                                 "--top-k", "2", "--caption-model", f"hf:{tiny_blip}", "--judge", str(tiny_bert),
+                                 "--bertscore-model", "none", "--no-cache", "--caption-cache", str(tmp_path / "c"),
+                                 "--per-query", "-o", str(tmp_path / "report.json")])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["test_set"]["corpus"] == 2
+    assert sorted(report["models"][0]["answers"][0]["retrieved"]) == ["picture0.png", "picture1.png"]

@@ -10,6 +10,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from embedrag.cli import _captions as captions
 from embedrag.cli import eval_answers as answers_cli
 from embedrag.cli._common import MAX_BATCH_TOKENS_HELP, PRECISION_HELP, console, reports_errors
 from embedrag.engine.models import DEFAULT_MODEL
@@ -120,6 +121,11 @@ def eval_command(
     bertscore_layer: answers_cli.BertScoreLayer = None,
     judge: answers_cli.Judge = None,
     faithfulness_threshold: answers_cli.Threshold = 0.75,
+    caption_model: captions.CaptionModel = None,
+    caption_llm: captions.CaptionLlm = None,
+    caption_llm_model: captions.CaptionLlmModel = None,
+    caption_llm_base_url: captions.CaptionLlmBaseUrl = None,
+    caption_cache: captions.CaptionCache = None,
 ) -> None:
     """Evaluate Top-K retrieval (Hit, Recall, Precision, MRR, nDCG and MAP @K, as trec_eval does),
     or with --answers the answers of the RAG loop (accuracy, BLEU, ROUGE, BERTScore, faithfulness)."""
@@ -131,7 +137,8 @@ def eval_command(
             answers, model or [DEFAULT_MODEL], corpus=corpus, beir=beir, db=db, table=table, top_k=top_k, llm=llm,
             llm_base_url=llm_base_url, llm_model=llm_model, bertscore_model=bertscore_model,
             bertscore_layer=bertscore_layer, judge=judge, threshold=faithfulness_threshold, cache_dir=cache_dir,
-            cache=cache, precision=precision)
+            cache=cache, precision=precision, captioner=captions.captioner(
+                caption_model, caption_llm, caption_llm_model, caption_llm_base_url, caption_cache))
         shown = answers_cli.shown_metrics(report, None if table_metrics == DEFAULT_TABLE else table_metrics)
         _finish(report, shown, output, per_query, plot, answers_cli.answers_table)
         return

@@ -70,7 +70,7 @@ def run_answers(answers: Path, models: list[str], *, corpus: Path | None, beir: 
                 table: str, top_k: int,
                 llm: str, llm_base_url: str, llm_model: str | None, bertscore_model: str,
                 bertscore_layer: int | None, judge: str | None, threshold: float, cache_dir: Path | None,
-                cache: bool, precision: str):
+                cache: bool, precision: str, captioner=None):
     """Load, run and return the :class:`AnswerReport` (the caller renders it)."""
     from embedrag.engine.answer_eval import evaluate_answers, make_scorers
     from embedrag.engine.answer_sets import load_answer_set
@@ -91,7 +91,7 @@ def run_answers(answers: Path, models: list[str], *, corpus: Path | None, beir: 
     elif corpus is not None:
         from embedrag.engine.documents import read_documents
 
-        documents = {d.id: d.text for d in read_documents([corpus])}
+        documents = {d.id: d.text for d in read_documents([corpus], captioner=captioner)}
     with console.status("loading the scorers..."):
         scorers = make_scorers(specs, judge=judge, threshold=threshold, bertscore_layer=bertscore_layer,
                                bertscore_model=None if bertscore_model == "none" else bertscore_model)
