@@ -46,6 +46,11 @@ _EXPORTS = {
     "read_documents": "embedrag.engine.documents",
     "evaluate": "embedrag.engine.evaluate",
     "EvaluationReport": "embedrag.engine.evaluate",
+    "evaluate_answers": "embedrag.engine.answer_eval",
+    "AnswerReport": "embedrag.engine.answer_eval",
+    "load_answer_set": "embedrag.engine.answer_sets",
+    "make_captioner": "embedrag.engine.captions",
+    "ServeConfig": "embedrag.engine.serve",
     "load_beir_testset": "embedrag.engine.testsets",
     "load_jsonl_testset": "embedrag.engine.testsets",
     "MergeResult": "embedrag.engine.merge",
@@ -72,6 +77,9 @@ def __dir__():
 
 
 if TYPE_CHECKING:  # pragma: no cover
+    from embedrag.engine.answer_eval import AnswerReport, evaluate_answers
+    from embedrag.engine.answer_sets import load_answer_set
+    from embedrag.engine.captions import make_captioner
     from embedrag.engine.data import Example, load_examples, read_examples, validate_files
     from embedrag.engine.documents import read_documents
     from embedrag.engine.encoder import EmbeddingConfig, Encoder
@@ -84,6 +92,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from embedrag.engine.models import ResolvedModel, resolve_model
     from embedrag.engine.query_writers import make_query_writer
     from embedrag.engine.rag import RAG
+    from embedrag.engine.serve import ServeConfig
     from embedrag.engine.store import Retriever, build_index, index
     from embedrag.engine.testsets import load_beir_testset, load_jsonl_testset
     from embedrag.engine.train import TrainCallback, TrainResult, train
