@@ -8,6 +8,7 @@ import gc
 import logging
 import os
 import sys
+from collections.abc import Callable, Iterator
 from typing import NoReturn
 
 import typer
@@ -41,6 +42,44 @@ def loading():
         gc.freeze()
         if enabled:
             gc.enable()
+
+
+@contextlib.contextmanager
+def labelled_progress() -> Iterator[Callable[[str, int, int], None]]:
+    """Rich bars for the engine's ``progress(label, done, total)`` callbacks: one bar per label."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    tasks: dict[str, int] = {}
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeRemainingColumn(), console=console, transient=True) as bars:
+
+        def progress(label: str, done: int, total: int) -> None:
+            if label not in tasks:
+                tasks[label] = bars.add_task(escape(label), total=total)
+            bars.update(tasks[label], completed=done)
+
+        yield progress
+
+
+def metric_cells(report, model, metrics: list[str]) -> list[str]:
+    """A model's row of a report table: each metric, and after the baseline its coloured gain,
+    starred when the paired test finds it significant."""
+    cells = []
+    for metric in metrics:
+        value = f"{model.metrics[metric]:.4f}"
+        if model is not report.models[0]:
+            gain = report.gain(model, metric)
+            colour = "green" if gain > 0 else "red" if gain < 0 else "dim"
+            mark = "*" if report.comparison(model, metric).significant else ""
+            value += f" [{colour}]({gain:+.4f}{mark})[/]"
+        cells.append(value)
+    return cells
 
 
 def debug_from_environment() -> bool:

@@ -7,12 +7,18 @@ from typing import Annotated
 
 import typer
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from embedrag.cli import _captions as captions
 from embedrag.cli import eval_answers as answers_cli
-from embedrag.cli._common import MAX_BATCH_TOKENS_HELP, PRECISION_HELP, console, reports_errors
+from embedrag.cli._common import (
+    MAX_BATCH_TOKENS_HELP,
+    PRECISION_HELP,
+    console,
+    labelled_progress,
+    metric_cells,
+    reports_errors,
+)
 from embedrag.engine.models import DEFAULT_MODEL
 
 DEFAULT_TABLE = "ndcg@10,recall@10,mrr@10,map@10,precision@10,hit@5,recall@100"
@@ -51,7 +57,6 @@ def _significance_table(report, metrics: list[str]) -> Table:
 
 
 def _table(report, metrics: list[str]) -> Table:
-    baseline = report.models[0]
     table = Table(title=f"{escape(report.test_set['name'])}: {report.test_set['queries']} queries, "
                         f"{report.test_set['corpus']} passages ({report.candidates})", title_justify="left")
     table.add_column("model", style="bold")
@@ -59,18 +64,9 @@ def _table(report, metrics: list[str]) -> Table:
         table.add_column(metric, justify="right")
     table.add_column("passages/s", justify="right")
     for model in report.models:
-        cells = []
-        for metric in metrics:
-            value = f"{model.metrics[metric]:.4f}"
-            if model is not baseline:
-                gain = report.gain(model, metric)
-                colour = "green" if gain > 0 else "red" if gain < 0 else "dim"
-                mark = "*" if report.comparison(model, metric).significant else ""
-                value += f" [{colour}]({gain:+.4f}{mark})[/]"
-            cells.append(value)
         speed = ("-" if model.passages_per_second is None and report.candidates == "table"
                  else "cached" if model.corpus_cached else f"{model.passages_per_second:.1f}")
-        table.add_row(escape(model.name), *cells, speed)
+        table.add_row(escape(model.name), *metric_cells(report, model, metrics), speed)
     return table
 
 
@@ -165,15 +161,7 @@ def eval_command(
             report = evaluate_table(test_set, db, table, ks=ks, model=spec, hybrid=hybrid)
         _finish(report, shown, output, per_query, plot)
         return
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeRemainingColumn(), console=console, transient=True) as bars:
-        tasks: dict[str, int] = {}
-
-        def progress(label: str, done: int, total: int) -> None:
-            if label not in tasks:
-                tasks[label] = bars.add_task(escape(label), total=total)
-            bars.update(tasks[label], completed=done)
-
+    with labelled_progress() as progress:
         report = evaluate(test_set, model or [DEFAULT_MODEL], ks=ks, batch_size=batch_size,
                           cache_dir=cache_dir, use_cache=cache, candidates=candidates,
                           max_length=max_length, progress=progress,

@@ -7,10 +7,9 @@ from typing import Annotated
 
 import typer
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from embedrag.cli._common import console
+from embedrag.cli._common import console, labelled_progress, metric_cells
 
 PANEL = "Answers (--answers)"
 Answers = Annotated[Path | None, typer.Option(
@@ -43,7 +42,6 @@ DEFAULT_METRICS = ("accuracy", "bleu", "rouge1", "rouge2", "rougeL", "bertscore_
 
 
 def answers_table(report, metrics: list[str]) -> Table:
-    baseline = report.models[0]
     test = report.test_set
     table = Table(title=f"{escape(test['name'])}: {test['queries']} questions "
                         f"({test['multiple_choice']} multiple choice), top {report.k}, answers by {report.generator}",
@@ -53,16 +51,7 @@ def answers_table(report, metrics: list[str]) -> Table:
         table.add_column(metric, justify="right")
     table.add_column("seconds", justify="right")
     for model in report.models:
-        cells = []
-        for metric in metrics:
-            value = f"{model.metrics[metric]:.4f}"
-            if model is not baseline:
-                gain = report.gain(model, metric)
-                colour = "green" if gain > 0 else "red" if gain < 0 else "dim"
-                mark = "*" if report.comparison(model, metric).significant else ""
-                value += f" [{colour}]({gain:+.4f}{mark})[/]"
-            cells.append(value)
-        table.add_row(escape(model.name), *cells, f"{model.seconds:.1f}")
+        table.add_row(escape(model.name), *metric_cells(report, model, metrics), f"{model.seconds:.1f}")
     return table
 
 
@@ -96,15 +85,7 @@ def run_answers(answers: Path, models: list[str], *, corpus: Path | None, beir: 
         scorers = make_scorers(specs, judge=judge, threshold=threshold, bertscore_layer=bertscore_layer,
                                bertscore_model=None if bertscore_model == "none" else bertscore_model)
         generator = make_generator(llm, base_url=llm_base_url, model=llm_model)
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeRemainingColumn(), console=console, transient=True) as bars:
-        tasks: dict[str, int] = {}
-
-        def progress(label: str, done: int, total: int) -> None:
-            if label not in tasks:
-                tasks[label] = bars.add_task(escape(label), total=total)
-            bars.update(tasks[label], completed=done)
-
+    with labelled_progress() as progress:
         return evaluate_answers(answer_set, specs, k=top_k, corpus=documents, db=db, table=table,
                                 generator=generator, scorers=scorers, cache_dir=cache_dir, use_cache=cache,
                                 precision=precision, progress=progress)

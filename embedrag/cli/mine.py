@@ -7,10 +7,15 @@ from typing import Annotated
 
 import typer
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from embedrag.cli._common import MAX_BATCH_TOKENS_HELP, PRECISION_HELP, console, reports_errors
+from embedrag.cli._common import (
+    MAX_BATCH_TOKENS_HELP,
+    PRECISION_HELP,
+    console,
+    labelled_progress,
+    reports_errors,
+)
 from embedrag.engine.models import DEFAULT_MODEL
 
 _SELECT = "Selection"
@@ -112,8 +117,7 @@ def mine(
         return
     from embedrag.engine.mine import mine as run_mine
 
-    with _bars() as bars:
-        progress = _progress(bars)
+    with labelled_progress() as progress:
         result = run_mine(input, output, model=model, beir=beir, split=split, corpus=corpus, db=db, table=table,
                           config=config, cache_dir=(cache_dir or default_cache_dir()) if cache else None,
                           progress=progress)
@@ -124,28 +128,12 @@ def mine(
         console.print(f"report: {escape(str(write_json(report, result.to_dict())))}")
 
 
-def _bars() -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeRemainingColumn(), console=console, transient=True)
-
-
-def _progress(bars: Progress):
-    tasks: dict[str, int] = {}
-
-    def progress(label: str, done: int, total: int) -> None:
-        if label not in tasks:
-            tasks[label] = bars.add_task(escape(label), total=total)
-        bars.update(tasks[label], completed=done)
-
-    return progress
-
-
 def _only_failing(input, output, k, *, report, **options) -> None:
     from embedrag.engine.atomic import write_json
     from embedrag.engine.mine import only_failing
 
-    with _bars() as bars:
-        result = only_failing(input, output, k=k, progress=_progress(bars), **options)
+    with labelled_progress() as progress:
+        result = only_failing(input, output, k=k, progress=progress, **options)
     summary = Table(show_header=False, title=f"hard examples {escape(result.output or '')}", title_justify="left")
     summary.add_column(style="bold")
     summary.add_column()

@@ -9,14 +9,14 @@ import logging
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from embedrag.engine.answer_metrics import FAITHFUL_THRESHOLD
 from embedrag.engine.answer_sets import AnswerSet
 from embedrag.engine.errors import ConfigError
-from embedrag.engine.evaluate import ModelSpec
+from embedrag.engine.evaluate import ComparedReport, ModelSpec
 
 if TYPE_CHECKING:
     from embedrag.engine.encoder import Encoder
@@ -41,7 +41,7 @@ class AnswerModelResult:
 
 
 @dataclass
-class AnswerReport:
+class AnswerReport(ComparedReport):
     """The outcome of :func:`evaluate_answers`; ``models[0]`` is the baseline. Shaped like
     retrieval's ``EvaluationReport`` (the CLI tables, ``plot_report`` and the server's
     report page read both)."""
@@ -54,9 +54,6 @@ class AnswerReport:
     seconds: float
     candidates: str = "retrieved"
     _comparisons: dict[tuple[str, str], PairedComparison] = field(default_factory=dict, repr=False)
-
-    def gain(self, model: AnswerModelResult, metric: str) -> float:
-        return model.metrics[metric] - self.models[0].metrics[metric]
 
     def comparison(self, model: AnswerModelResult, metric: str) -> PairedComparison:
         """Paired over the questions both models have ``metric`` for (corpus ``bleu`` is
@@ -74,28 +71,11 @@ class AnswerReport:
 
     def to_dict(self, per_query: bool = False) -> dict[str, Any]:
         from embedrag import __version__
-        from embedrag.engine.significance import DEFAULT_RESAMPLES, DEFAULT_SEED
 
-        models = []
-        for index, result in enumerate(self.models):
-            row = asdict(result)
-            if not per_query:
-                row.pop("per_query")
-                row.pop("answers")
-            row["gain_over_baseline"] = {m: self.gain(result, m) for m in result.metrics}
-            if index:
-                row["significance_vs_baseline"] = {m: self.comparison(result, m).to_dict() for m in result.metrics}
-            models.append(row)
         return {"embedrag_version": __version__, "kind": "answers", "test_set": self.test_set, "k": self.k,
                 "generator": self.generator, "scorers": self.scorers, "baseline": self.models[0].name,
-                "significance": {"tests": ["paired randomization (sign-flip), two-sided", "paired t-test"],
-                                 "resamples": DEFAULT_RESAMPLES, "seed": DEFAULT_SEED},
-                "seconds": round(self.seconds, 3), "models": models}
-
-    def save(self, path: str | os.PathLike, per_query: bool = False) -> Path:
-        from embedrag.engine.atomic import write_json
-
-        return write_json(path, self.to_dict(per_query))
+                "significance": self._significance_record(),
+                "seconds": round(self.seconds, 3), "models": self._model_rows(("per_query", "answers"), per_query)}
 
 
 @dataclass

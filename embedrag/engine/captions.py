@@ -29,9 +29,9 @@ _MIME = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".web
 
 
 def default_caption_cache() -> Path:
-    root = os.environ.get("EMBEDRAG_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "embedrag")
-    return Path(root) / "captions"
+    from embedrag.engine.evaluate import cache_root
+
+    return cache_root() / "captions"
 
 
 class CaptionCache:

@@ -70,8 +70,53 @@ class ModelResult:
     settings: dict[str, Any] = field(default_factory=dict)
 
 
+class ComparedReport:
+    """What a report of models measured against ``models[0]`` shares (retrieval's
+    :class:`EvaluationReport`, answer evaluation's ``AnswerReport``): gains, JSON rows
+    with the paired tests, the significance record and saving."""
+
+    models: list
+
+    def gain(self, model, metric: str) -> float:
+        """Absolute gain of ``model`` over the baseline on ``metric``."""
+        return model.metrics[metric] - self.models[0].metrics[metric]
+
+    def comparison(self, model, metric: str) -> PairedComparison:
+        raise NotImplementedError
+
+    def to_dict(self, per_query: bool = False) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _model_rows(self, detail: tuple[str, ...], per_query: bool) -> list[dict[str, Any]]:
+        """Each model as a dict with its gains and (after the baseline) its paired tests;
+        the ``detail`` fields only with ``per_query``."""
+        rows = []
+        for index, result in enumerate(self.models):
+            row = asdict(result)
+            if not per_query:
+                for name in detail:
+                    row.pop(name)
+            row["gain_over_baseline"] = {m: self.gain(result, m) for m in result.metrics}
+            if index:
+                row["significance_vs_baseline"] = {m: self.comparison(result, m).to_dict() for m in result.metrics}
+            rows.append(row)
+        return rows
+
+    @staticmethod
+    def _significance_record() -> dict[str, Any]:
+        from embedrag.engine.significance import DEFAULT_RESAMPLES, DEFAULT_SEED
+
+        return {"tests": ["paired randomization (sign-flip), two-sided", "paired t-test"],
+                "resamples": DEFAULT_RESAMPLES, "seed": DEFAULT_SEED}
+
+    def save(self, path: str | os.PathLike, per_query: bool = False) -> Path:
+        from embedrag.engine.atomic import write_json
+
+        return write_json(path, self.to_dict(per_query))
+
+
 @dataclass
-class EvaluationReport:
+class EvaluationReport(ComparedReport):
     """The outcome of :func:`evaluate`; ``models[0]`` is the baseline."""
 
     test_set: dict[str, Any]
@@ -80,10 +125,6 @@ class EvaluationReport:
     models: list[ModelResult]
     seconds: float
     _comparisons: dict[tuple[str, str], PairedComparison] = field(default_factory=dict, repr=False)
-
-    def gain(self, model: ModelResult, metric: str) -> float:
-        """Absolute gain of ``model`` over the baseline on ``metric``."""
-        return model.metrics[metric] - self.models[0].metrics[metric]
 
     def comparison(self, model: ModelResult, metric: str) -> PairedComparison:
         """``model`` against the baseline on ``metric``: paired permutation test and
@@ -96,35 +137,22 @@ class EvaluationReport:
         return self._comparisons[key]
 
     def to_dict(self, per_query: bool = False) -> dict[str, Any]:
-        models = []
-        for index, result in enumerate(self.models):
-            row = asdict(result)
-            if not per_query:
-                row.pop("per_query")
-            row["gain_over_baseline"] = {k: self.gain(result, k) for k in result.metrics}
-            if index:
-                row["significance_vs_baseline"] = {k: self.comparison(result, k).to_dict()
-                                                   for k in result.metrics}
-            models.append(row)
         from embedrag import __version__
-        from embedrag.engine.significance import DEFAULT_RESAMPLES, DEFAULT_SEED
 
         return {"embedrag_version": __version__, "test_set": self.test_set, "ks": list(self.ks),
                 "candidates": self.candidates, "baseline": self.models[0].name,
-                "significance": {"tests": ["paired randomization (sign-flip), two-sided", "paired t-test"],
-                                 "resamples": DEFAULT_RESAMPLES, "seed": DEFAULT_SEED},
-                "seconds": round(self.seconds, 3), "models": models}
+                "significance": self._significance_record(),
+                "seconds": round(self.seconds, 3), "models": self._model_rows(("per_query",), per_query)}
 
-    def save(self, path: str | os.PathLike, per_query: bool = False) -> Path:
-        from embedrag.engine.atomic import write_json
 
-        return write_json(path, self.to_dict(per_query))
+def cache_root() -> Path:
+    """embedrag's caches: ``$EMBEDRAG_CACHE_DIR``, else ``$XDG_CACHE_HOME/embedrag`` (``~/.cache/embedrag``)."""
+    return Path(os.environ.get("EMBEDRAG_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "embedrag"))
 
 
 def default_cache_dir() -> Path:
-    root = os.environ.get("EMBEDRAG_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "embedrag")
-    return Path(root) / "embeddings"
+    return cache_root() / "embeddings"
 
 
 class EmbeddingCache:

@@ -26,20 +26,20 @@ class EmbeddingRequest(BaseModel):
     input_type: Literal["query", "passage", "document", "search_query", "search_document"] = "passage"
 
 
-class SearchRequest(BaseModel):
+class _Retrieval(BaseModel):
+    """How /v1/search and /v1/ask retrieve: how many passages, which search, which rows."""
+
     model_config = ConfigDict(extra="forbid")
 
+    k: int = Field(5, ge=1)
+    mode: Literal["vector", "hybrid"] = "vector"
+    filters: Filters | None = None
+
+
+class SearchRequest(_Retrieval):
     query: str = Field(min_length=1)
-    k: int = Field(5, ge=1)
-    mode: Literal["vector", "hybrid"] = "vector"
-    filters: Filters | None = None
 
 
-class AskRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class AskRequest(_Retrieval):
     question: str = Field(min_length=1)
-    k: int = Field(5, ge=1)
-    mode: Literal["vector", "hybrid"] = "vector"
-    filters: Filters | None = None
     stream: bool = True
