@@ -54,6 +54,9 @@ _EXPORTS = {
     "load_beir_testset": "embedrag.engine.testsets",
     "load_jsonl_testset": "embedrag.engine.testsets",
     "MergeResult": "embedrag.engine.merge",
+    "export": "embedrag.engine.export",
+    "ExportConfig": "embedrag.engine.export",
+    "ExportResult": "embedrag.engine.export",
     "EmbedragError": "embedrag.engine.errors",
     "DataError": "embedrag.engine.errors",
     "ModelNotFoundError": "embedrag.engine.errors",
@@ -85,6 +88,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from embedrag.engine.encoder import EmbeddingConfig, Encoder
     from embedrag.engine.errors import ConfigError, DataError, EmbedragError, ModelNotFoundError
     from embedrag.engine.evaluate import EvaluationReport, evaluate
+    from embedrag.engine.export import ExportConfig, ExportResult, export
     from embedrag.engine.generate import GenerateConfig, GenerateReport, generate
     from embedrag.engine.loss import InfoNCELoss, MarginRankingLoss
     from embedrag.engine.merge import MergeResult, merge

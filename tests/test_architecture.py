@@ -29,7 +29,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("core", ["embedrag", "embedrag.engine", "errors", "atomic"]),
     ("data", ["data", "documents", "testsets", "answer_sets"]),
     ("encoding", ["precision", "models", "pooling", "st_format", "adapter_loading", "parallel",
-                  "encoder", "fingerprint", "validate", "light_bert"]),
+                  "encoder", "fingerprint", "validate", "light_bert", "backends"]),
     ("retrieval", ["search", "lexical", "store"]),
     ("evaluation", ["metrics", "significance", "evaluate", "answer_metrics"]),
     ("mining", ["mine"]),
@@ -37,7 +37,7 @@ LAYERS: list[tuple[str, list[str]]] = [
                   "launch", "holdout", "checkpoints", "train", "merge"]),
     ("llm", ["rag", "query_writers", "generate", "answer_eval", "captions"]),
     ("serving", ["serve", "serve.*"]),
-    ("tools", ["demo", "doctor"]),
+    ("tools", ["demo", "doctor", "export"]),
     ("cli", ["embedrag.__main__", "embedrag.cli", "embedrag.cli.*"]),
 ]
 

@@ -14,6 +14,7 @@ from embedrag.cli import ask as _ask
 from embedrag.cli import demo as _demo
 from embedrag.cli import doctor as _doctor
 from embedrag.cli import eval as _eval
+from embedrag.cli import export as _export
 from embedrag.cli import generate as _generate
 from embedrag.cli import index as _index
 from embedrag.cli import merge as _merge
@@ -54,6 +55,7 @@ def _root(
 
 app.command(name="train")(_train.train)
 app.command(name="merge")(_merge.merge)
+app.command(name="export")(_export.export)
 app.command(name="index")(_index.index)
 app.command(name="eval")(_eval.eval_command)
 app.command(name="ask")(_ask.ask)

@@ -22,6 +22,8 @@ err_console = Console(stderr=True)
 
 PRECISION_HELP = ("Encoding precision: auto (bf16 where the GPU or CPU computes it natively: 1.6-1.75x fp32's "
                   "speed on an AVX512-BF16 CPU, same nDCG; else fp32), fp32, bf16 or fp16.")
+BACKEND_HELP = ("What runs the model: torch, or the folder's `embedrag export` (onnx, openvino; a given file "
+                "as onnx:onnx/model_qint8.onnx), on the CPU.")
 MAX_BATCH_TOKENS_HELP = ("Cap each encoding batch at this many padded tokens; lower it if long texts run a GPU "
                          "out of memory. [default: on a CPU a cache-sized budget (2,048 tokens for MiniLM), "
                          "on a GPU no cap]")

@@ -11,7 +11,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from embedrag.cli._common import console, err_console, loading, reports_errors
+from embedrag.cli._common import BACKEND_HELP, console, err_console, loading, reports_errors
 
 HELP = ("/k N  passages to retrieve    /hybrid on|off  vector + full-text    /sources  last sources\n"
         "/help  this text    /quit  leave (also Ctrl-D)")
@@ -150,6 +150,7 @@ def ask(
     model: Annotated[str | None, typer.Option(
         "--model", help="Embedding model (must be the one the table was built with). [default: from the table]",
         show_default=False)] = None,
+    backend: Annotated[str, typer.Option("--backend", help=BACKEND_HELP)] = "torch",
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Retrieve passages for a question and answer it with an LLM, citing sources."""
@@ -157,7 +158,7 @@ def ask(
     from embedrag.engine.store import Retriever
 
     with console.status("loading..."), loading():
-        retriever = Retriever(db, table, model=model, light=True)
+        retriever = Retriever(db, table, model=model, light=True, backend=backend)
         generator = make_generator(llm, base_url=llm_base_url, model=llm_model, max_new_tokens=max_new_tokens)
     rag = RAG(retriever, generator, top_k=top_k, hybrid=hybrid)
     if question is None:

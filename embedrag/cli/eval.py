@@ -12,6 +12,7 @@ from rich.table import Table
 from embedrag.cli import _captions as captions
 from embedrag.cli import eval_answers as answers_cli
 from embedrag.cli._common import (
+    BACKEND_HELP,
     MAX_BATCH_TOKENS_HELP,
     PRECISION_HELP,
     console,
@@ -89,6 +90,7 @@ def eval_command(
         "--num-processes", min=1, help="Encode in this many worker processes (one per GPU, or CPU processes).")
     ] = 1,
     precision: Annotated[str, typer.Option("--precision", help=PRECISION_HELP)] = "auto",
+    backend: Annotated[str, typer.Option("--backend", help=BACKEND_HELP)] = "torch",
     max_batch_tokens: Annotated[int | None, typer.Option(
         "--max-batch-tokens", min=1, help=MAX_BATCH_TOKENS_HELP, show_default=False)] = None,
     max_length: Annotated[int | None, typer.Option(
@@ -158,14 +160,15 @@ def eval_command(
             raise ConfigError("--db evaluates the table's own model: pass at most one --model")
         spec = model[0].split("=", 1)[-1] if model else None
         with console.status(f"searching {table}..."):
-            report = evaluate_table(test_set, db, table, ks=ks, model=spec, hybrid=hybrid)
+            report = evaluate_table(test_set, db, table, ks=ks, model=spec, hybrid=hybrid, backend=backend)
         _finish(report, shown, output, per_query, plot)
         return
     with labelled_progress() as progress:
         report = evaluate(test_set, model or [DEFAULT_MODEL], ks=ks, batch_size=batch_size,
                           cache_dir=cache_dir, use_cache=cache, candidates=candidates,
                           max_length=max_length, progress=progress,
-                          num_processes=num_processes, precision=precision, max_batch_tokens=max_batch_tokens)
+                          num_processes=num_processes, precision=precision, max_batch_tokens=max_batch_tokens,
+                          backend=backend)
     _finish(report, shown, output, per_query, plot)
 
 

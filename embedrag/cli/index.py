@@ -11,7 +11,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from embedrag.cli import _captions as captions
-from embedrag.cli._common import MAX_BATCH_TOKENS_HELP, PRECISION_HELP, console, reports_errors
+from embedrag.cli._common import (
+    BACKEND_HELP,
+    MAX_BATCH_TOKENS_HELP,
+    PRECISION_HELP,
+    console,
+    reports_errors,
+)
 from embedrag.engine.models import DEFAULT_MODEL
 
 
@@ -41,6 +47,7 @@ def index(
         "--num-processes", min=1, help="Encode in this many worker processes (one per GPU, or CPU processes).")
     ] = 1,
     precision: Annotated[str, typer.Option("--precision", help=PRECISION_HELP)] = "auto",
+    backend: Annotated[str, typer.Option("--backend", help=BACKEND_HELP)] = "torch",
     max_batch_tokens: Annotated[int | None, typer.Option(
         "--max-batch-tokens", min=1, help=MAX_BATCH_TOKENS_HELP, show_default=False)] = None,
     caption_model: captions.CaptionModel = None,
@@ -65,7 +72,7 @@ def index(
 
         raise DataError([f"{', '.join(map(str, input))}: no documents"])
     with console.status(f"loading {model}..."):
-        encoder = Encoder.load(model)
+        encoder = Encoder.load(model, backend=backend)
     with Progress(TextColumn("[bold]indexing"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("docs  {task.fields[chunks]} chunks  {task.fields[speed]}"),
                   TimeRemainingColumn(), console=console) as bars:

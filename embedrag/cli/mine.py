@@ -10,6 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from embedrag.cli._common import (
+    BACKEND_HELP,
     MAX_BATCH_TOKENS_HELP,
     PRECISION_HELP,
     console,
@@ -75,6 +76,7 @@ def mine(
         "--num-processes", min=1, help="Encode in this many worker processes (one per GPU, or CPU processes).")
     ] = 1,
     precision: Annotated[str, typer.Option("--precision", help=PRECISION_HELP)] = "auto",
+    backend: Annotated[str, typer.Option("--backend", help=BACKEND_HELP)] = "torch",
     max_batch_tokens: Annotated[int | None, typer.Option(
         "--max-batch-tokens", min=1, help=MAX_BATCH_TOKENS_HELP, show_default=False)] = None,
     cache_dir: Annotated[Path | None, typer.Option(
@@ -109,6 +111,11 @@ def mine(
         raise ConfigError(f"--output {output} exists; pass --overwrite to replace it")
     if input is not None and output.exists() and output.resolve() == input.resolve():
         raise ConfigError("--output must not be the --input file")
+    if backend != "torch":  # the engine takes a loaded encoder as well as a model name
+        from embedrag import Encoder
+
+        with console.status(f"loading {model} ({backend})..."):
+            model = Encoder.load(model, backend=backend)
     if only_failing is not None:
         _only_failing(input, output, only_failing, model=model, beir=beir, split=split, candidates=candidates,
                       corpus=corpus, batch_size=batch_size, num_processes=num_processes,

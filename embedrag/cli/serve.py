@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from embedrag.cli._common import console, reports_errors
+from embedrag.cli._common import BACKEND_HELP, console, reports_errors
 
 
 @reports_errors
@@ -48,6 +48,7 @@ def serve(
     access_log: Annotated[bool, typer.Option("--access-log/--no-access-log", help="Log every request.")] = True,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1, mps. [default: best available]",
                                                show_default=False)] = None,
+    backend: Annotated[str, typer.Option("--backend", help=BACKEND_HELP)] = "torch",
 ) -> None:
     """Serve an OpenAI-compatible embeddings API, search and ask (streamed) and a web page."""
     from embedrag.engine.serve import BatchingConfig, Limits, ServeConfig
@@ -56,7 +57,7 @@ def serve(
     config = ServeConfig(
         db=str(db) if db else None, table=table, model=model, model_name=model_name, llm=llm,
         llm_base_url=llm_base_url, llm_model=llm_model, max_new_tokens=max_new_tokens, host=host, port=port,
-        api_key=api_key, no_auth=no_auth, report=str(report) if report else None, device=device,
+        api_key=api_key, no_auth=no_auth, report=str(report) if report else None, device=device, backend=backend,
         limits=Limits(max_body_bytes=int(max_body_mb * 1024 * 1024), max_inputs=max_inputs,
                       max_input_tokens=max_input_tokens),
         batching=BatchingConfig(enabled=batching, max_wait_ms=batch_wait_ms, max_texts=max_batch_texts))

@@ -127,15 +127,14 @@ class CorpusRetriever:
     def __init__(self, encoder: Encoder, corpus: dict[str, str], *, cache_dir: Path | None, precision: str = "fp32",
                  progress: Progress | None = None, label: str = ""):
         from embedrag.engine.encoder import resolve_precision
-        from embedrag.engine.evaluate import EmbeddingCache, cache_fingerprint
-        from embedrag.engine.fingerprint import model_fingerprint
+        from embedrag.engine.evaluate import EmbeddingCache, vectors_cache_key
         from embedrag.engine.testsets import corpus_fingerprint
 
         precision = resolve_precision(precision, encoder.device)
         self.encoder, self.ids = encoder, list(corpus)
         self.texts = [corpus[i] for i in self.ids]
         cache = EmbeddingCache(cache_dir)
-        model_fp, corpus_fp = cache_fingerprint(model_fingerprint(encoder), precision), corpus_fingerprint(corpus.items())
+        model_fp, corpus_fp = vectors_cache_key(encoder, precision), corpus_fingerprint(corpus.items())
         vectors = cache.load(model_fp, corpus_fp, len(self.ids))
         if vectors is None:
             report = (lambda done, total: progress(f"{label}: corpus", done, total)) if progress else None

@@ -116,6 +116,33 @@ def declared_embedding_config(folder: Path, hf_config: Any, tokenizer: Any, *,
     return config
 
 
+def _overridden(config: EmbeddingConfig, folder: Path, limit: int, *, pooling: str, normalize: bool | None,
+                query_instruction: str | None, passage_instruction: str | None,
+                query_max_length: int | None, passage_max_length: int | None) -> EmbeddingConfig:
+    """``config`` with the caller's settings over the folder's, lengths capped at the model's ``limit``."""
+    if pooling != "auto":
+        config.pooling = pooling
+    if config.pooling not in POOLING_MODES:
+        raise ConfigError(
+            f"{folder}: pooling {config.pooling!r} is not supported; "
+            f"pass --pooling {'|'.join(POOLING_MODES)}"
+        )
+    if normalize is not None:
+        config.normalize = normalize
+    if query_instruction is not None:
+        config.query_instruction = query_instruction
+    if passage_instruction is not None:
+        config.passage_instruction = passage_instruction
+    for attr, value in (("query_max_length", query_max_length),
+                        ("passage_max_length", passage_max_length)):
+        if value is not None:
+            if value <= 0:
+                raise ConfigError(f"{attr.replace('_', '-')} must be positive, got {value}")
+            setattr(config, attr, value)
+        setattr(config, attr, min(getattr(config, attr), limit))
+    return config
+
+
 def is_decoder_config(config: Any) -> bool:
     architectures = getattr(config, "architectures", None) or []
     return getattr(config, "model_type", "") in _DECODER_TYPES or any(
@@ -158,7 +185,7 @@ class Encoder:
     """
 
     def __init__(self, model: torch.nn.Module, tokenizer: Any, config: EmbeddingConfig,
-                 *, name: str, path: Path | None = None, device: str = "cpu"):
+                 *, name: str, path: Path | None = None, device: str = "cpu", backend: str = "torch"):
         if config.pooling not in POOLING_MODES:
             raise ConfigError(
                 f"pooling {config.pooling!r} is not supported; use one of {', '.join(POOLING_MODES)}"
@@ -169,6 +196,7 @@ class Encoder:
         self.name = name
         self.path = path
         self.device = device
+        self.backend = backend  # torch, or "onnx"/"openvino" with the file: see embedrag.engine.backends
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -188,6 +216,7 @@ class Encoder:
         allow_download: bool = True,
         model_kwargs: dict[str, Any] | None = None,
         light: bool = False,
+        backend: str = "torch",
     ) -> Encoder:
         """Load a model folder or hub id (resolved offline first, see :func:`resolve_model`).
 
@@ -197,9 +226,18 @@ class Encoder:
         without merging. ``model_kwargs`` go to ``from_pretrained`` (e.g. a
         ``quantization_config``). ``light`` (inference only) runs a plain BERT folder
         without importing transformers' modelling code (:mod:`embedrag.engine.light_bert`:
-        same ops, same weights, ~2 CPU-seconds less start-up); other models load as usual."""
+        same ops, same weights, ~2 CPU-seconds less start-up); other models load as usual.
+        ``backend`` ``onnx`` or ``openvino`` (optionally ``onnx:FILE``) runs the transformer
+        from the folder's export (``embedrag export``; :mod:`embedrag.engine.backends`) on
+        the CPU; tokenizing, batching and pooling stay the same."""
+        from embedrag.engine.backends import parse_backend
+
+        backend_name, backend_file = parse_backend(backend)
         resolved = resolve_model(name_or_path, allow_download=allow_download)
         folder = resolved.path
+        if backend_name != "torch" and is_adapter_folder(folder):
+            raise ConfigError(f"{folder} is an adapter: export it first (embedrag export {folder} -o DIR "
+                              f"--format {backend_name}), then load DIR with --backend {backend_name}")
         if is_adapter_folder(folder):
             return load_adapter_encoder(
                 folder, device=device, trust_remote_code=trust_remote_code,
@@ -208,35 +246,21 @@ class Encoder:
                 query_max_length=query_max_length, passage_max_length=passage_max_length)
         import torch
 
-        light = light and dtype is None and not model_kwargs and not trust_remote_code
+        light = light and dtype is None and not model_kwargs and not trust_remote_code and backend_name == "torch"
         model, tokenizer, hf_config = _load_parts(folder, light, trust_remote_code)
+        if backend_name != "torch":
+            from embedrag.engine.backends import load_backbone
+
+            model, device = load_backbone(folder, backend_name, backend_file, hf_config), "cpu"
         if tokenizer.pad_token is None:
             # Decoders often ship without a pad token; any id works since it is masked.
             tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
 
-        limit = model_length_limit(hf_config, tokenizer)
-        config = declared_embedding_config(folder, hf_config, tokenizer, base_model=resolved.name)
-        if pooling != "auto":
-            config.pooling = pooling
-        if config.pooling not in POOLING_MODES:
-            raise ConfigError(
-                f"{folder}: pooling {config.pooling!r} is not supported; "
-                f"pass --pooling {'|'.join(POOLING_MODES)}"
-            )
-        if normalize is not None:
-            config.normalize = normalize
-        if query_instruction is not None:
-            config.query_instruction = query_instruction
-        if passage_instruction is not None:
-            config.passage_instruction = passage_instruction
-        for attr, value in (("query_max_length", query_max_length),
-                            ("passage_max_length", passage_max_length)):
-            if value is not None:
-                if value <= 0:
-                    raise ConfigError(f"{attr.replace('_', '-')} must be positive, got {value}")
-                setattr(config, attr, value)
-            setattr(config, attr, min(getattr(config, attr), limit))
-
+        config = _overridden(declared_embedding_config(folder, hf_config, tokenizer, base_model=resolved.name),
+                             folder, model_length_limit(hf_config, tokenizer), pooling=pooling,
+                             normalize=normalize, query_instruction=query_instruction,
+                             passage_instruction=passage_instruction, query_max_length=query_max_length,
+                             passage_max_length=passage_max_length)
         torch_dtype = {None: None, "fp32": torch.float32, "bf16": torch.bfloat16,
                        "fp16": torch.float16}[dtype]
         if model is None:
@@ -249,7 +273,7 @@ class Encoder:
         if not getattr(model, "is_quantized", False):  # bitsandbytes models are placed at load
             model.to(device)
         model.eval()
-        return cls(model, tokenizer, config, name=resolved.name, path=folder, device=device)
+        return cls(model, tokenizer, config, name=resolved.name, path=folder, device=device, backend=backend)
 
     # ------------------------------------------------------------------ encoding
     @property
@@ -295,6 +319,17 @@ class Encoder:
         batch = self.tokenizer.pad({"input_ids": list(input_ids)}, return_tensors="pt")
         return {k: v.to(self.device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
 
+    @property
+    def exported(self) -> bool:
+        """Whether the transformer runs from an export (ONNX Runtime or OpenVINO), not torch."""
+        return self.backend != "torch"
+
+    def vector_precision(self, precision: str) -> str:
+        """The precision of the vectors :meth:`encode` makes when asked for ``precision``
+        (auto resolved; an exported backend's own: int8 for a quantized file)."""
+        resolved = resolve_precision(precision, self.device)
+        return self.model.prepare(resolved) if self.exported else resolved
+
     def embed(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Pooled (and normalised) embeddings of a padded batch; keeps gradients."""
         return embed_batch(self.model, batch, self.config.pooling, self.config.normalize)
@@ -333,6 +368,8 @@ class Encoder:
         if batch_workers is not None and batch_workers <= 0:
             raise ConfigError(f"batch workers must be positive, got {batch_workers}")
         precision = resolve_precision(precision, self.device)
+        if self.exported:
+            self.model.prepare(precision)
         if isinstance(texts, str):
             texts = [texts]
         texts = list(texts)
@@ -351,7 +388,7 @@ class Encoder:
         if max_batch_tokens is None:
             max_batch_tokens = default_batch_tokens(self.model.config, self.device)
         device_type = torch.device(self.device).type
-        autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        autocast_dtype = None if self.exported else {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
         if autocast_dtype is not None and device_type == "cpu":
             _warn_without_native_half_precision(precision)
         spans = length_sorted_batches([len(ids[i]) for i in order], batch_size, max_batch_tokens)
@@ -412,6 +449,9 @@ class Encoder:
 
     def write_files(self, folder: Path, *, weights: bool = True) -> None:
         """Write everything into an existing folder (no atomicity: see :meth:`save`)."""
+        if self.exported and weights:
+            raise ConfigError(f"a model loaded with --backend {self.backend} cannot be saved; "
+                              "save or export the PyTorch model")
         with quiet_transformers():
             if weights:
                 self.model.save_pretrained(folder, safe_serialization=True)
@@ -435,7 +475,7 @@ class Encoder:
         c = self.config
         return (f"Encoder({self.name!r}, pooling={c.pooling}, normalize={c.normalize}, "
                 f"dim={self.dimension}, max_len={c.query_max_length}/{c.passage_max_length}, "
-                f"device={self.device})")
+                f"device={self.device}" + (f", backend={self.backend})" if self.exported else ")"))
 
 
 def load_quantized_encoder(model: str | os.PathLike, bits: int, *, device: str, **encoder_kwargs) -> Encoder:

@@ -220,6 +220,15 @@ def cache_fingerprint(model_fp: str, precision: str) -> str:
     return model_fp if precision == "fp32" else hashlib.sha256(f"{model_fp}:{precision}".encode()).hexdigest()
 
 
+def vectors_cache_key(encoder: Encoder, precision: str, model_fp: str | None = None) -> str:
+    """The embedding-cache key of ``encoder``'s vectors in ``precision`` (resolved): an
+    exported backend's are cached apart from torch's (close, not equal)."""
+    model_fp = model_fp or model_fingerprint(encoder)
+    if encoder.exported:
+        precision = f"{encoder.backend}:{encoder.vector_precision(precision)}"
+    return cache_fingerprint(model_fp, precision)
+
+
 def evaluate_model(encoder: Encoder, test_set: TestSet, *, name: str, ks: Sequence[int],
                    batch_size: int = 64, cache: EmbeddingCache | None = None,
                    candidates: str = "all",
@@ -234,7 +243,7 @@ def evaluate_model(encoder: Encoder, test_set: TestSet, *, name: str, ks: Sequen
     doc_ids = list(test_set.corpus)
     precision = resolve_precision(precision, encoder.device)
     model_fp = model_fingerprint(encoder)
-    cache_fp = cache_fingerprint(model_fp, precision)
+    cache_fp = vectors_cache_key(encoder, precision, model_fp)
     corpus_fp = test_set.corpus_fingerprint
     started = time.perf_counter()
     corpus_vectors = cache.load(cache_fp, corpus_fp, len(doc_ids))
@@ -286,11 +295,13 @@ def evaluate(
     num_processes: int = 1,
     precision: str = "fp32",
     max_batch_tokens: int | None = None,
+    backend: str = "torch",
 ) -> EvaluationReport:
     """Evaluate each model on ``test_set``; the first model is the baseline. ``num_processes``
     > 1 embeds each corpus in that many worker processes (one per GPU, or CPU processes);
     every model is encoded in ``precision`` (fp32, bf16, fp16 or auto), batches capped at
-    ``max_batch_tokens`` padded tokens (``None``: the device's default)."""
+    ``max_batch_tokens`` padded tokens (``None``: the device's default), by ``backend``
+    (torch, or a folder's ONNX/OpenVINO export)."""
     from embedrag.engine.encoder import Encoder
 
     ks = check_ks(ks)
@@ -318,7 +329,7 @@ def evaluate(
                                          progress=progress))
             continue
         lengths = {"query_max_length": max_length, "passage_max_length": max_length} if max_length else {}
-        encoder = Encoder.load(spec.path, device=device, **lengths)
+        encoder = Encoder.load(spec.path, device=device, backend=backend, **lengths)
         results.append(evaluate_model(encoder, test_set, name=spec.name, ks=ks, batch_size=batch_size,
                                       cache=cache, candidates=candidates,
                                       progress=progress, num_processes=num_processes, precision=precision,
@@ -416,6 +427,7 @@ def evaluate_table(
     model: str | None = None,
     hybrid: bool = False,
     device: str | None = None,
+    backend: str = "torch",
 ) -> EvaluationReport:
     """Evaluate retrieval from an indexed LanceDB table with the model that built it.
 
@@ -426,7 +438,7 @@ def evaluate_table(
     from embedrag.engine.store import Retriever
 
     ks = check_ks(ks)
-    retriever = Retriever(db, table, model=model, device=device)
+    retriever = Retriever(db, table, model=model, device=device, backend=backend)
     qrels = _table_qrels(test_set, retriever.table)
     depth = max(ks)
     started = time.perf_counter()

@@ -23,11 +23,21 @@ if TYPE_CHECKING:
 
 
 def model_fingerprint(encoder: Encoder) -> str:
-    """Weights and embedding settings: any change that alters vectors changes it."""
-    digest = hashlib.sha256()
-    settings = {k: v for k, v in asdict(encoder.config).items() if k not in ("extra", "base_model")}
-    digest.update(json.dumps(settings, sort_keys=True).encode())
+    """Weights and embedding settings: any change that alters vectors changes it.
+
+    A folder written by ``embedrag export`` carries the fingerprint of the model it was
+    exported from: its PyTorch weights and unquantized exports give that model's vectors
+    (to the export check's floor), a quantized file its own (see ``backends``)."""
+    from embedrag.engine.backends import parse_backend, vector_fingerprint
+
     folder = Path(encoder.path) if encoder.path else None
+    settings = embedding_settings(encoder)
+    if folder is not None and folder.is_dir():
+        exported = vector_fingerprint(folder, *parse_backend(encoder.backend), settings)
+        if exported is not None:
+            return exported
+    digest = hashlib.sha256()
+    digest.update(json.dumps(settings, sort_keys=True).encode())
     if folder is not None and folder.is_dir():
         for path in sorted(folder.rglob("*")):
             if path.is_file() and path.suffix in (".safetensors", ".bin", ".json", ".model", ".txt"):
@@ -38,6 +48,11 @@ def model_fingerprint(encoder: Encoder) -> str:
     if base and (folder is not None and (folder / ADAPTER_CONFIG).is_file()):
         digest.update(str(base).encode())
     return digest.hexdigest()
+
+
+def embedding_settings(encoder: Encoder) -> dict:
+    """The settings of ``encoder.config`` that shape its vectors."""
+    return {k: v for k, v in asdict(encoder.config).items() if k not in ("extra", "base_model")}
 
 
 def _file_digest(path: Path) -> str:

@@ -263,15 +263,14 @@ def _encode(encoder: Encoder, texts: Sequence[str], kind: str, config: MineConfi
 def embed_corpus(encoder: Encoder, corpus: Corpus, config: MineConfig, cache_dir: Path | None,
                  progress: Progress | None) -> np.ndarray:
     """``corpus``'s passage vectors: its own, or cached in ``cache_dir`` (shared with eval)."""
-    from embedrag.engine.evaluate import EmbeddingCache, cache_fingerprint
-    from embedrag.engine.fingerprint import model_fingerprint
+    from embedrag.engine.evaluate import EmbeddingCache, vectors_cache_key
 
     if corpus.vectors is not None:
         return corpus.vectors
     if cache_dir is None:
         return _encode(encoder, corpus.texts, "passage", config, "corpus", progress)
     cache = EmbeddingCache(cache_dir)
-    model_fp, corpus_fp = cache_fingerprint(model_fingerprint(encoder), config.precision), corpus.fingerprint
+    model_fp, corpus_fp = vectors_cache_key(encoder, config.precision), corpus.fingerprint
     vectors = cache.load(model_fp, corpus_fp, len(corpus.ids))
     if vectors is None:
         vectors = _encode(encoder, corpus.texts, "passage", config, "corpus", progress)

@@ -12,6 +12,7 @@ pickles by reference), so this module never imports the encoder that starts it.
 from __future__ import annotations
 
 import copy
+import functools
 import multiprocessing
 import os
 from collections.abc import Callable, Sequence
@@ -66,7 +67,7 @@ class EncoderPool:
     def __init__(self, encoder: Encoder, num_processes: int, *, load: Callable[..., Encoder] | None = None):
         self.encoder = encoder
         self.num_processes = num_processes
-        self.load = load if load is not None else type(encoder).load
+        self.load = load if load is not None else functools.partial(type(encoder).load, backend=encoder.backend)
         self.devices = worker_devices(num_processes)
         self._pool: ProcessPoolExecutor | None = None
 

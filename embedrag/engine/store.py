@@ -65,11 +65,13 @@ class IndexSettings:
     chunk_size: int
     chunk_overlap: int
     embedrag_version: str = ""
-    precision: str = "fp32"  # of the passage vectors; queries are encoded in fp32
+    precision: str = "fp32"  # of the passage vectors (int8 for a quantized export); queries are fp32
+    backend: str = "torch"  # what computed them: torch, or an export (onnx/openvino, with its file)
 
     @classmethod
     def from_encoder(cls, encoder: Encoder, fingerprint: str, chunk_size: int, chunk_overlap: int,
                      precision: str = "fp32") -> IndexSettings:
+        """``precision`` as asked; the settings record what the encoder makes of it."""
         from embedrag import __version__
 
         c = encoder.config
@@ -77,7 +79,8 @@ class IndexSettings:
                    query_instruction=c.query_instruction, passage_instruction=c.passage_instruction,
                    query_max_length=c.query_max_length, passage_max_length=c.passage_max_length,
                    dimension=encoder.dimension, chunk_size=chunk_size, chunk_overlap=chunk_overlap,
-                   embedrag_version=__version__, precision=precision)
+                   embedrag_version=__version__, precision=encoder.vector_precision(precision),
+                   backend=encoder.backend)
 
     def same_embedding(self, other: IndexSettings) -> bool:
         keys = ("fingerprint", "pooling", "normalize", "query_instruction", "passage_instruction", "dimension")
@@ -269,7 +272,8 @@ def build_index(
             handle = connection.create_table(table, schema=_schema(encoder.dimension, settings), mode="overwrite")
         return _fill_table(handle, documents, encoder, chunker, settings, db=db, table=table, mode=mode,
                            batch_documents=batch_documents, encode_batch_size=encode_batch_size, ann=ann, fts=fts,
-                           num_processes=num_processes, max_batch_tokens=max_batch_tokens, progress=progress)
+                           num_processes=num_processes, max_batch_tokens=max_batch_tokens, progress=progress,
+                           precision=precision)
     except BaseException:
         # A failed create leaves no table; a failed append or overwrite the table as it was.
         # upsert keeps what it wrote: re-running it converges on the full set anyway.
@@ -286,7 +290,7 @@ def build_index(
 def _fill_table(handle, documents: Iterable[Document], encoder: Encoder, chunker: Chunker | None, settings: IndexSettings, *,
                 db, table: str, mode: str, batch_documents: int, encode_batch_size: int, ann: str, fts: bool,
                 num_processes: int, max_batch_tokens: int | None,
-                progress: Callable[[int, int], None] | None) -> IndexStats:
+                progress: Callable[[int, int], None] | None, precision: str) -> IndexStats:
     started = time.perf_counter()
     count_documents = count_chunks = replaced = 0
     seen_ids: set[str] = set()
@@ -299,7 +303,7 @@ def _fill_table(handle, documents: Iterable[Document], encoder: Encoder, chunker
         pieces = [(chunker.split(d.text) if chunker else []) or [d.text.strip() or d.title or d.id] for d in batch]
         texts = [p for chunks in pieces for p in chunks]
         vectors = (pool if pool is not None else encoder).encode(texts, "passage", batch_size=encode_batch_size,
-                                                                 precision=settings.precision,
+                                                                 precision=precision,
                                                                  max_batch_tokens=max_batch_tokens)
         if mode == "upsert":
             where = f"doc_id IN ({_quote(d.id for d in batch)})"
@@ -441,7 +445,7 @@ class Retriever:
     """Searches one table with the model that built it."""
 
     def __init__(self, db: str | os.PathLike, table: str, *, model: str | None = None,
-                 device: str | None = None, light: bool = False):
+                 device: str | None = None, light: bool = False, backend: str = "torch"):
         from embedrag.engine.encoder import Encoder
         from embedrag.engine.fingerprint import model_fingerprint
 
@@ -452,11 +456,15 @@ class Retriever:
         # the model folder's saved ones is searched with those it was built with.
         self.encoder = Encoder.load(model or self.settings.model, device=device,
                                     query_max_length=self.settings.query_max_length,
-                                    passage_max_length=self.settings.passage_max_length, light=light)
+                                    passage_max_length=self.settings.passage_max_length, light=light,
+                                    backend=backend)
         fingerprint = model_fingerprint(self.encoder)
         if fingerprint != self.settings.fingerprint:
-            raise TableMismatchError(f"table {table!r} was embedded with {self.settings.model}; "
-                                     f"{model or self.settings.model} gives different vectors")
+            made = f" ({self.settings.backend}, {self.settings.precision})" if self.settings.backend != "torch" \
+                or self.encoder.exported else ""
+            used = f" with --backend {backend}" if self.encoder.exported or made else ""
+            raise TableMismatchError(f"table {table!r} was embedded with {self.settings.model}{made}; "
+                                     f"{model or self.settings.model}{used} gives different vectors")
 
     def search(self, question: str, k: int = 5, *, hybrid: bool = False,
                filters: dict[str, Any] | None = None) -> list[Hit]:
@@ -504,7 +512,8 @@ def filter_clause(filters: dict[str, Any] | None) -> str | None:
 
 
 def index(inputs: Sequence[str | os.PathLike], model: str = DEFAULT_MODEL,
-          *, db: str | os.PathLike = "embedrag.lancedb", table: str = "docs", **options) -> IndexStats:
+          *, db: str | os.PathLike = "embedrag.lancedb", table: str = "docs", backend: str = "torch",
+          **options) -> IndexStats:
     """Read ``inputs`` (files or folders), embed them with ``model`` and write ``db``/``table``."""
     from embedrag.engine.documents import JsonlFields, read_documents
     from embedrag.engine.encoder import Encoder
@@ -512,4 +521,4 @@ def index(inputs: Sequence[str | os.PathLike], model: str = DEFAULT_MODEL,
     fields = JsonlFields(**{k[:-6]: options.pop(k) for k in ("text_field", "id_field", "title_field")
                             if k in options})
     documents = list(read_documents(inputs, fields=fields, glob=options.pop("glob", "**/*")))
-    return build_index(documents, Encoder.load(model), db=db, table=table, **options)
+    return build_index(documents, Encoder.load(model, backend=backend), db=db, table=table, **options)

@@ -56,6 +56,7 @@ class ServeConfig:
     no_auth: bool = False
     report: str | None = None  # an `embedrag eval` JSON shown at /report
     device: str | None = None
+    backend: str = "torch"  # or a model folder's export: onnx, openvino (see embedrag export)
     precision: str = "fp32"  # of /v1/embeddings vectors; queries for search are fp32 as in `ask`
     limits: Limits = field(default_factory=Limits)
     batching: BatchingConfig = field(default_factory=BatchingConfig)

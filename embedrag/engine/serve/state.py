@@ -64,12 +64,13 @@ def load_state(config: ServeConfig) -> ServerState:
     if config.db is not None:
         from embedrag.engine.store import Retriever
 
-        retriever = Retriever(config.db, config.table, model=config.model, device=config.device)
+        retriever = Retriever(config.db, config.table, model=config.model, device=config.device,
+                              backend=config.backend)
         encoder = retriever.encoder
     else:
         from embedrag.engine.encoder import Encoder
 
-        retriever, encoder = None, Encoder.load(config.model, device=config.device)
+        retriever, encoder = None, Encoder.load(config.model, device=config.device, backend=config.backend)
     generator = make_generator(config.llm, base_url=config.llm_base_url, model=config.llm_model,
                                max_new_tokens=config.max_new_tokens, device=config.device)
     return ServerState(config=config, encoder=encoder, model_name=config.model_name or served_name(encoder.name),
