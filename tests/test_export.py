@@ -221,3 +221,18 @@ def test_a_broken_export_record_is_a_data_error(bert_export, tmp_path):
     (folder / EXPORT_RECORD).write_text("{not json")
     with pytest.raises(DataError, match="not a valid export record"):
         read_export_record(folder)
+
+
+def test_serve_embeds_through_an_exported_backend(tiny_bert, bert_export):
+    from _serving import request, running_app
+
+    from embedrag.engine.serve import ServeConfig
+
+    want = Encoder.load(tiny_bert, device="cpu").encode(TEXTS[:3], "passage")
+    config = ServeConfig(model=str(bert_export), backend="openvino", device="cpu")
+    with running_app(config) as (url, state):
+        assert state.encoder.backend == "openvino"
+        status, body, _ = request(f"{url}/v1/embeddings", {"input": TEXTS[:3]})
+    assert status == 200, body
+    got = np.array([row["embedding"] for row in body["data"]], dtype=np.float32)
+    assert np.abs(got - want).max() < 1e-5
