@@ -224,7 +224,7 @@ def vectors_cache_key(encoder: Encoder, precision: str, model_fp: str | None = N
     """The embedding-cache key of ``encoder``'s vectors in ``precision`` (resolved): an
     exported backend's are cached apart from torch's (close, not equal)."""
     model_fp = model_fp or model_fingerprint(encoder)
-    if encoder.exported:
+    if getattr(encoder, "exported", False):  # encoders of other kinds (tests, users) are torch's
         precision = f"{encoder.backend}:{encoder.vector_precision(precision)}"
     return cache_fingerprint(model_fp, precision)
 

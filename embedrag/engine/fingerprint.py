@@ -33,7 +33,7 @@ def model_fingerprint(encoder: Encoder) -> str:
     folder = Path(encoder.path) if encoder.path else None
     settings = embedding_settings(encoder)
     if folder is not None and folder.is_dir():
-        exported = vector_fingerprint(folder, *parse_backend(encoder.backend), settings)
+        exported = vector_fingerprint(folder, *parse_backend(getattr(encoder, "backend", "torch")), settings)
         if exported is not None:
             return exported
     digest = hashlib.sha256()
