@@ -38,3 +38,9 @@ build: setup
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache
+
+# What the GPU check carries to a bare, offline GPU machine (bitsandbytes wheel, fp16 MiniLM)
+# into the git-ignored .gpu-check/; then: run "bash scripts/gpu_check.sh" with carry [".gpu-check"].
+.PHONY: gpu-check-pack
+gpu-check-pack: setup
+	@bash scripts/pack_gpu_check.sh
