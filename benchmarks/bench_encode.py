@@ -166,7 +166,7 @@ def embedrag_padded_lengths(lengths, batch_size: int, max_tokens):
     """Each row's padded length in embedrag's batches (longest first, token budget)."""
     import numpy as np
 
-    from embedrag.engine.encoder import length_sorted_batches
+    from embedrag.engine.encoding.encoder import length_sorted_batches
 
     order = np.argsort(-lengths, kind="stable")
     out = np.empty(len(lengths), dtype=np.int64)
@@ -210,8 +210,8 @@ def row_cosines(a, b):
 
 
 def ndcg_at_10(test_set, query_vectors, corpus_vectors) -> float:
-    from embedrag.engine.metrics import evaluate_run, run_from_topk
-    from embedrag.engine.search import exact_search
+    from embedrag.engine.evaluation.metrics import evaluate_run, run_from_topk
+    from embedrag.engine.retrieval.search import exact_search
 
     found = exact_search(query_vectors, corpus_vectors, 10)
     run = run_from_topk(list(test_set.qrels), list(test_set.corpus), found.indices, found.scores)
@@ -249,9 +249,9 @@ def main() -> None:
     import torch
     from sentence_transformers import SentenceTransformer
 
-    from embedrag.engine.encoder import Encoder, default_batch_tokens, quiet_transformers
-    from embedrag.engine.models import resolve_model
-    from embedrag.engine.testsets import load_beir_testset, read_beir_corpus
+    from embedrag.engine.data.testsets import load_beir_testset, read_beir_corpus
+    from embedrag.engine.encoding.encoder import Encoder, default_batch_tokens, quiet_transformers
+    from embedrag.engine.encoding.models import resolve_model
 
     torch.set_num_threads(args.threads)
     corpus = read_beir_corpus(args.data / "corpus.jsonl")

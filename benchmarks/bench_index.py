@@ -96,7 +96,7 @@ def recall_at_k(approx: list[list[str]], exact: list[list[str]]) -> float:
 
 
 def store_ann_kinds() -> tuple[str, ...]:
-    from embedrag.engine.store import ANN_KINDS
+    from embedrag.engine.retrieval.store import ANN_KINDS
 
     return ANN_KINDS
 
@@ -124,8 +124,8 @@ def main() -> None:
     import pyarrow as pa
 
     import embedrag
-    from embedrag.engine import store
-    from embedrag.engine.documents import Document
+    from embedrag.engine.data.documents import Document
+    from embedrag.engine.retrieval import store
 
     rng = np.random.default_rng(args.seed)
     started_all = time.perf_counter()

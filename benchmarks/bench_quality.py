@@ -43,7 +43,7 @@ for embedrag (``--query-max-len``/``--passage-max-len``).
 Every model, sentence-transformers' included, is scored by its own ``embedrag eval
 --beir ... --split test --no-cache --precision fp32 --per-query`` process; each row's
 nDCG@10 is tested against the base row's query by query (paired randomization test,
-``embedrag.engine.significance``), with wins/ties/losses (identical metric code; no embedding cache,
+``embedrag.engine.evaluation.significance``), with wins/ties/losses (identical metric code; no embedding cache,
 so every eval time includes embedding the corpus) with the lengths saved in the model
 (64/256 for embedrag fine-tunes, 256/256 for the base and sentence-transformers models).
 Train time is the wall time of the training process (start-up, model loading and saving
@@ -318,7 +318,7 @@ def train_row(row: dict, args, work: Path, model_path: Path) -> tuple[str, dict]
     if kind == "base":
         return MODEL, {}
     if kind in EMBEDRAG_TYPES:
-        from embedrag.engine.train_config import TrainConfig
+        from embedrag.engine.training.train_config import TrainConfig
 
         train_dir, merged = folder / "train", folder / "merged"
         if kind == "default":  # `embedrag train` given nothing but data and output
@@ -456,7 +456,7 @@ def main() -> None:
     if args.corpus_limit is not None or args.query_limit is not None:
         subset = subset_beir(beir, work / "beir-subset", args.split, args.corpus_limit, args.query_limit)
         beir = work / "beir-subset"
-    from embedrag.engine.models import resolve_model
+    from embedrag.engine.encoding.models import resolve_model
 
     resolved = resolve_model(MODEL, allow_download=False)
     print(f"model {MODEL}: {resolved.source} copy at {resolved.path}")
@@ -486,7 +486,7 @@ def main() -> None:
         return "" if value is None else format(value, fmt)
 
     print()
-    from embedrag.engine.significance import compare
+    from embedrag.engine.evaluation.significance import compare
 
     base = next((e for e in results if e["kind"] == "base" and e.get("per_query")), None)
     for entry in results:

@@ -2,7 +2,7 @@
 
 Part ``throughput``: full fine-tuning of the bundled all-MiniLM-L6-v2 (resolved the way
 embedrag resolves it) on SciFact train (query, positive) pairs with in-batch negatives,
-with embedrag (``embedrag.engine.train.train``, what ``embedrag train`` runs, with a
+with embedrag (``embedrag.engine.training.train.train``, what ``embedrag train`` runs, with a
 callback stamping each step) twice, at its default (no dropout on attention
 probabilities while training, which lets the fused attention kernel run) and with
 ``--attention-dropout model`` (the model's own 0.1, which sentence-transformers trains
@@ -91,8 +91,8 @@ class _Clock:
 def child_embedrag(spec: dict, out: Path) -> dict:
     """embedrag's training loop through its Python API (what `embedrag train` runs, minus
     the progress bar), with a callback that stamps every optimizer step."""
-    from embedrag.engine.train import TrainCallback, train
-    from embedrag.engine.train_config import TrainConfig
+    from embedrag.engine.training.train import TrainCallback, train
+    from embedrag.engine.training.train_config import TrainConfig
 
     total = spec["warmup_steps"] + spec["steps"]
     run_dir = out / "run"
@@ -124,7 +124,7 @@ def child_embedrag(spec: dict, out: Path) -> dict:
                "--no-save-on-epoch-end"]
     return {"step_ends": clock.ends, "cpu_ends": clock.cpu_ends,
             "losses": [row["loss"] for row in logs if "loss" in row],
-            "train_peak_bytes": summary["peak_memory_bytes"], "detail": "embedrag.engine.train.train",
+            "train_peak_bytes": summary["peak_memory_bytes"], "detail": "embedrag.engine.training.train.train",
             "same_as_cli": " ".join(command)}
 
 
@@ -133,8 +133,8 @@ def child_st(spec: dict, out: Path) -> dict:
     import torch
     from sentence_transformers import SentenceTransformer
 
-    from embedrag.engine.models import resolve_model
-    from embedrag.engine.train import (  # measured as embedrag's own
+    from embedrag.engine.encoding.models import resolve_model
+    from embedrag.engine.training.train import (  # measured as embedrag's own
         _peak_memory_bytes,
         _reset_peak_memory,
     )
@@ -308,7 +308,7 @@ def runtime_baseline_bytes() -> int | None:
     no model: on CPU the process peak includes this ~1 GiB runtime, which a GPU's
     max_memory_allocated would not."""
     code = ("import torch, transformers, accelerate, peft, bitsandbytes\n"
-            "import embedrag.engine.train, embedrag.engine.finetune\n"
+            "import embedrag.engine.training.train, embedrag.engine.training.finetune\n"
             "print(next(l.split()[1] for l in open('/proc/self/status') if l.startswith('VmRSS:')))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env={**os.environ, "HF_HUB_OFFLINE": "1"})

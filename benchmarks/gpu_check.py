@@ -67,7 +67,7 @@ from pathlib import Path
 from _machine import cpu_name, versions
 from bench_encode import ndcg_at_10, row_cosines, timed
 
-from embedrag.engine.atomic import write_folder_atomically, write_json
+from embedrag.engine.core.atomic import write_folder_atomically, write_json
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -505,7 +505,7 @@ def merge_checked(finetune: Finetune, adapter: Path, target: Path, config: Check
 
 # ---------------------------------------------------------------------------- 3. memory
 def stage_memory(config: CheckConfig, rec: Recorder) -> None:
-    from embedrag.engine.finetune import checkpoint_parameters
+    from embedrag.engine.training.finetune import checkpoint_parameters
 
     decoder = decoder_model(config)
     plan = config.plan
@@ -832,7 +832,7 @@ def pack_model(source: str, target: Path) -> Path:
     import torch
     from safetensors.torch import load_file, save_file
 
-    from embedrag.engine.models import bundled_model_path
+    from embedrag.engine.encoding.models import bundled_model_path
 
     folder = bundled_model_path("sentence-transformers/all-MiniLM-L6-v2") if source == "auto" \
         else Path(source)

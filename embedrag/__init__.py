@@ -16,51 +16,51 @@ from typing import TYPE_CHECKING
 __version__ = "0.1.0.dev0"
 
 _EXPORTS = {
-    "Encoder": "embedrag.engine.encoder",
-    "EmbeddingConfig": "embedrag.engine.encoder",
-    "resolve_model": "embedrag.engine.models",
-    "ResolvedModel": "embedrag.engine.models",
-    "Example": "embedrag.engine.data",
-    "read_examples": "embedrag.engine.data",
-    "load_examples": "embedrag.engine.data",
-    "validate_files": "embedrag.engine.data",
-    "TrainConfig": "embedrag.engine.train_config",
-    "train": "embedrag.engine.train",
-    "TrainResult": "embedrag.engine.train",
-    "TrainCallback": "embedrag.engine.train",
-    "InfoNCELoss": "embedrag.engine.loss",
-    "merge": "embedrag.engine.merge",
-    "mine": "embedrag.engine.mine",
-    "MineConfig": "embedrag.engine.mine",
-    "MineReport": "embedrag.engine.mine",
-    "only_failing": "embedrag.engine.mine",
-    "generate": "embedrag.engine.generate",
-    "GenerateConfig": "embedrag.engine.generate",
-    "GenerateReport": "embedrag.engine.generate",
-    "make_query_writer": "embedrag.engine.query_writers",
-    "MarginRankingLoss": "embedrag.engine.loss",
-    "index": "embedrag.engine.store",
-    "build_index": "embedrag.engine.store",
-    "Retriever": "embedrag.engine.store",
-    "RAG": "embedrag.engine.rag",
-    "read_documents": "embedrag.engine.documents",
-    "evaluate": "embedrag.engine.evaluate",
-    "EvaluationReport": "embedrag.engine.evaluate",
-    "evaluate_answers": "embedrag.engine.answer_eval",
-    "AnswerReport": "embedrag.engine.answer_eval",
-    "load_answer_set": "embedrag.engine.answer_sets",
-    "make_captioner": "embedrag.engine.captions",
+    "Encoder": "embedrag.engine.encoding.encoder",
+    "EmbeddingConfig": "embedrag.engine.encoding.encoder",
+    "resolve_model": "embedrag.engine.encoding.models",
+    "ResolvedModel": "embedrag.engine.encoding.models",
+    "Example": "embedrag.engine.data.examples",
+    "read_examples": "embedrag.engine.data.examples",
+    "load_examples": "embedrag.engine.data.examples",
+    "validate_files": "embedrag.engine.data.examples",
+    "TrainConfig": "embedrag.engine.training.train_config",
+    "train": "embedrag.engine.training.train",
+    "TrainResult": "embedrag.engine.training.train",
+    "TrainCallback": "embedrag.engine.training.train",
+    "InfoNCELoss": "embedrag.engine.training.loss",
+    "merge": "embedrag.engine.training.merge",
+    "mine": "embedrag.engine.mining.mine",
+    "MineConfig": "embedrag.engine.mining.mine",
+    "MineReport": "embedrag.engine.mining.mine",
+    "only_failing": "embedrag.engine.mining.mine",
+    "generate": "embedrag.engine.llm.generate",
+    "GenerateConfig": "embedrag.engine.llm.generate",
+    "GenerateReport": "embedrag.engine.llm.generate",
+    "make_query_writer": "embedrag.engine.llm.query_writers",
+    "MarginRankingLoss": "embedrag.engine.training.loss",
+    "index": "embedrag.engine.retrieval.store",
+    "build_index": "embedrag.engine.retrieval.store",
+    "Retriever": "embedrag.engine.retrieval.store",
+    "RAG": "embedrag.engine.llm.rag",
+    "read_documents": "embedrag.engine.data.documents",
+    "evaluate": "embedrag.engine.evaluation.evaluate",
+    "EvaluationReport": "embedrag.engine.evaluation.evaluate",
+    "evaluate_answers": "embedrag.engine.llm.answer_eval",
+    "AnswerReport": "embedrag.engine.llm.answer_eval",
+    "load_answer_set": "embedrag.engine.data.answer_sets",
+    "make_captioner": "embedrag.engine.llm.captions",
     "ServeConfig": "embedrag.engine.serve",
-    "load_beir_testset": "embedrag.engine.testsets",
-    "load_jsonl_testset": "embedrag.engine.testsets",
-    "MergeResult": "embedrag.engine.merge",
-    "export": "embedrag.engine.export",
-    "ExportConfig": "embedrag.engine.export",
-    "ExportResult": "embedrag.engine.export",
-    "EmbedragError": "embedrag.engine.errors",
-    "DataError": "embedrag.engine.errors",
-    "ModelNotFoundError": "embedrag.engine.errors",
-    "ConfigError": "embedrag.engine.errors",
+    "load_beir_testset": "embedrag.engine.data.testsets",
+    "load_jsonl_testset": "embedrag.engine.data.testsets",
+    "MergeResult": "embedrag.engine.training.merge",
+    "export": "embedrag.engine.tools.export",
+    "ExportConfig": "embedrag.engine.tools.export",
+    "ExportResult": "embedrag.engine.tools.export",
+    "EmbedragError": "embedrag.engine.core.errors",
+    "DataError": "embedrag.engine.core.errors",
+    "ModelNotFoundError": "embedrag.engine.core.errors",
+    "ConfigError": "embedrag.engine.core.errors",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -80,24 +80,29 @@ def __dir__():
 
 
 if TYPE_CHECKING:  # pragma: no cover
-    from embedrag.engine.answer_eval import AnswerReport, evaluate_answers
-    from embedrag.engine.answer_sets import load_answer_set
-    from embedrag.engine.captions import make_captioner
-    from embedrag.engine.data import Example, load_examples, read_examples, validate_files
-    from embedrag.engine.documents import read_documents
-    from embedrag.engine.encoder import EmbeddingConfig, Encoder
-    from embedrag.engine.errors import ConfigError, DataError, EmbedragError, ModelNotFoundError
-    from embedrag.engine.evaluate import EvaluationReport, evaluate
-    from embedrag.engine.export import ExportConfig, ExportResult, export
-    from embedrag.engine.generate import GenerateConfig, GenerateReport, generate
-    from embedrag.engine.loss import InfoNCELoss, MarginRankingLoss
-    from embedrag.engine.merge import MergeResult, merge
-    from embedrag.engine.mine import MineConfig, MineReport, mine, only_failing
-    from embedrag.engine.models import ResolvedModel, resolve_model
-    from embedrag.engine.query_writers import make_query_writer
-    from embedrag.engine.rag import RAG
+    from embedrag.engine.core.errors import (
+        ConfigError,
+        DataError,
+        EmbedragError,
+        ModelNotFoundError,
+    )
+    from embedrag.engine.data.answer_sets import load_answer_set
+    from embedrag.engine.data.documents import read_documents
+    from embedrag.engine.data.examples import Example, load_examples, read_examples, validate_files
+    from embedrag.engine.data.testsets import load_beir_testset, load_jsonl_testset
+    from embedrag.engine.encoding.encoder import EmbeddingConfig, Encoder
+    from embedrag.engine.encoding.models import ResolvedModel, resolve_model
+    from embedrag.engine.evaluation.evaluate import EvaluationReport, evaluate
+    from embedrag.engine.llm.answer_eval import AnswerReport, evaluate_answers
+    from embedrag.engine.llm.captions import make_captioner
+    from embedrag.engine.llm.generate import GenerateConfig, GenerateReport, generate
+    from embedrag.engine.llm.query_writers import make_query_writer
+    from embedrag.engine.llm.rag import RAG
+    from embedrag.engine.mining.mine import MineConfig, MineReport, mine, only_failing
+    from embedrag.engine.retrieval.store import Retriever, build_index, index
     from embedrag.engine.serve import ServeConfig
-    from embedrag.engine.store import Retriever, build_index, index
-    from embedrag.engine.testsets import load_beir_testset, load_jsonl_testset
-    from embedrag.engine.train import TrainCallback, TrainResult, train
-    from embedrag.engine.train_config import TrainConfig
+    from embedrag.engine.tools.export import ExportConfig, ExportResult, export
+    from embedrag.engine.training.loss import InfoNCELoss, MarginRankingLoss
+    from embedrag.engine.training.merge import MergeResult, merge
+    from embedrag.engine.training.train import TrainCallback, TrainResult, train
+    from embedrag.engine.training.train_config import TrainConfig

@@ -18,7 +18,7 @@ import csv
 import json
 from pathlib import Path
 
-from embedrag.engine.documents import split_sentences
+from embedrag.engine.data.documents import split_sentences
 
 
 def main() -> None:

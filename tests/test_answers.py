@@ -11,10 +11,10 @@ from typer.testing import CliRunner
 
 from embedrag import Encoder
 from embedrag.cli import app
-from embedrag.engine import answer_metrics as am
-from embedrag.engine.answer_eval import AnswerScorers, evaluate_answers
-from embedrag.engine.answer_sets import load_answer_set
-from embedrag.engine.errors import DataError
+from embedrag.engine.core.errors import DataError
+from embedrag.engine.data.answer_sets import load_answer_set
+from embedrag.engine.evaluation import answer_metrics as am
+from embedrag.engine.llm.answer_eval import AnswerScorers, evaluate_answers
 
 runner = CliRunner()
 HYPOTHESES = ["The cat sat on the mat.", "Rest the steak for five minutes after cooking.",

@@ -158,8 +158,8 @@ def _write_bytes(path: Path, data: bytes) -> Path:
 def _index_then(t: Path, model: str) -> list[str]:
     """Build a small table first (outside the case's own command); returns nothing to add."""
     from embedrag import Encoder
-    from embedrag.engine.documents import Document
-    from embedrag.engine.store import build_index
+    from embedrag.engine.data.documents import Document
+    from embedrag.engine.retrieval.store import build_index
 
     build_index([Document(id="a", text="a small document")], Encoder.load(model, device="cpu"), db=t / "db",
                 table="docs", fts=False)
@@ -168,8 +168,8 @@ def _index_then(t: Path, model: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def models(tiny_bert, tiny_qwen2, tmp_path_factory):
-    from embedrag.engine.train import train
-    from embedrag.engine.train_config import TrainConfig
+    from embedrag.engine.training.train import train
+    from embedrag.engine.training.train_config import TrainConfig
 
     folder = tmp_path_factory.mktemp("bad-input")
     data = _jsonl(folder / "d.jsonl", [GOOD] * 4)

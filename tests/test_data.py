@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from embedrag.engine.data import load_examples, read_examples, validate_file
-from embedrag.engine.errors import DataError
+from embedrag.engine.core.errors import DataError
+from embedrag.engine.data.examples import load_examples, read_examples, validate_file
 
 GOOD = {"query": "q", "pos": ["p"], "neg": ["n"]}
 

@@ -42,7 +42,7 @@ def test_demo_runs_the_whole_loop(tiny_bert, tmp_path):
         assert stage in result.output
     assert "ndcg@10" in result.output and "[1]" in result.output
     from embedrag import Encoder
-    from embedrag.engine.store import open_table
+    from embedrag.engine.retrieval.store import open_table
 
     assert Encoder.load(work / "merged", device="cpu").encode(["x"]).shape[0] == 1
     assert open_table(work / "lancedb", "scifact").count_rows() == len(TOPICS)

@@ -10,7 +10,7 @@ import pytest
 from conftest import MIXED_TEXTS
 
 from embedrag import Encoder
-from embedrag.engine.errors import ConfigError
+from embedrag.engine.core.errors import ConfigError
 
 pytest.importorskip("sentence_transformers")
 
@@ -42,7 +42,7 @@ def test_empty_input_and_progress(tiny_bert):
 
 
 def test_length_sorted_batches_respect_rows_and_token_budget():
-    from embedrag.engine.encoder import length_sorted_batches
+    from embedrag.engine.encoding.encoder import length_sorted_batches
 
     lengths = [300, 120, 100, 100, 60, 30, 30, 30, 10, 5]
     spans = length_sorted_batches(lengths, 4, 250)
@@ -79,7 +79,7 @@ def test_token_budget_splits_batches_without_changing_rows(tiny_bert):
 def test_default_token_budget_is_cache_sized_on_cpu_only():
     from types import SimpleNamespace
 
-    from embedrag.engine.encoder import (
+    from embedrag.engine.encoding.encoder import (
         CPU_BATCH_ACTIVATION_BYTES,
         MIN_BATCH_TOKENS,
         default_batch_tokens,
@@ -115,7 +115,7 @@ def test_bf16_autocast_is_close_to_fp32(tiny_bert):
 
 @pytest.mark.parametrize("native", [True, False])
 def test_auto_precision_is_bf16_only_where_native(tiny_bert, monkeypatch, native):
-    from embedrag.engine import encoder as encoder_module
+    from embedrag.engine.encoding import encoder as encoder_module
 
     monkeypatch.setattr(encoder_module, "native_bf16", lambda device="cpu": native)
     assert encoder_module.resolve_precision("auto", "cpu") == ("bf16" if native else "fp32")
@@ -211,7 +211,7 @@ def test_long_texts_tokenize_as_if_whole(model_fixture, request):
 
 
 def test_decoders_encode_without_a_kv_cache_and_the_same_vectors(tiny_qwen2, monkeypatch):
-    import embedrag.engine.encoder as encoder_module
+    import embedrag.engine.encoding.encoder as encoder_module
 
     encoder = Encoder.load(tiny_qwen2, device="cpu")
     caches = []
@@ -292,7 +292,7 @@ def test_a_failing_batch_in_a_thread_is_raised_and_threads_restored(tiny_bert):
 
 
 def test_default_batch_workers_share_every_thread_in_equal_groups():
-    from embedrag.engine.encoder import MAX_DEFAULT_BATCH_WORKERS, default_batch_workers
+    from embedrag.engine.encoding.encoder import MAX_DEFAULT_BATCH_WORKERS, default_batch_workers
 
     for threads in range(1, 130):
         workers = default_batch_workers(threads)

@@ -10,10 +10,10 @@ from test_train import _toy_rows
 from typer.testing import CliRunner
 
 from embedrag.cli import app
-from embedrag.engine.errors import ConfigError, DataError
-from embedrag.engine.evaluate import ModelSpec, evaluate
-from embedrag.engine.metrics import evaluate_run
-from embedrag.engine.testsets import load_beir_testset, load_jsonl_testset
+from embedrag.engine.core.errors import ConfigError, DataError
+from embedrag.engine.data.testsets import load_beir_testset, load_jsonl_testset
+from embedrag.engine.evaluation.evaluate import ModelSpec, evaluate
+from embedrag.engine.evaluation.metrics import evaluate_run
 
 runner = CliRunner()
 
@@ -169,10 +169,10 @@ def test_empty_test_set_and_missing_source(tmp_path):
 
 
 def test_evaluating_an_indexed_table(tiny_bert, tmp_path):
-    from embedrag.engine.documents import read_documents
-    from embedrag.engine.encoder import Encoder
-    from embedrag.engine.evaluate import evaluate_table
-    from embedrag.engine.store import build_index
+    from embedrag.engine.data.documents import read_documents
+    from embedrag.engine.encoding.encoder import Encoder
+    from embedrag.engine.evaluation.evaluate import evaluate_table
+    from embedrag.engine.retrieval.store import build_index
 
     folder = _beir(tmp_path)
     encoder = Encoder.load(tiny_bert, device="cpu")
@@ -191,10 +191,10 @@ def test_evaluating_an_indexed_table(tiny_bert, tmp_path):
 def test_one_row_per_document_table_scores_as_the_embedded_corpus(tiny_bert, tmp_path):
     """chunk_size=0 at a length other than the model's saved one: the table holds the
     vectors `evaluate` computes, and is searched with the lengths it was built with."""
-    from embedrag.engine.documents import Document
-    from embedrag.engine.encoder import Encoder
-    from embedrag.engine.evaluate import evaluate_table
-    from embedrag.engine.store import Retriever, build_index
+    from embedrag.engine.data.documents import Document
+    from embedrag.engine.encoding.encoder import Encoder
+    from embedrag.engine.evaluation.evaluate import evaluate_table
+    from embedrag.engine.retrieval.store import Retriever, build_index
 
     words = ["apple", "river", "music", "stone", "cloud", "green", "paper", "light"]
     corpus = [{"_id": f"d{i}", "title": w.title(), "text": " ".join(words[(i + j) % 8] for j in range(40))}
@@ -214,10 +214,10 @@ def test_one_row_per_document_table_scores_as_the_embedded_corpus(tiny_bert, tmp
 
 
 def test_table_without_the_judged_passages_is_one_error(tiny_bert, tmp_path, jsonl_set):
-    from embedrag.engine.documents import Document
-    from embedrag.engine.encoder import Encoder
-    from embedrag.engine.evaluate import evaluate_table
-    from embedrag.engine.store import build_index
+    from embedrag.engine.data.documents import Document
+    from embedrag.engine.encoding.encoder import Encoder
+    from embedrag.engine.evaluation.evaluate import evaluate_table
+    from embedrag.engine.retrieval.store import build_index
 
     build_index([Document("x", "unrelated text")], Encoder.load(tiny_bert, device="cpu"), db=tmp_path / "db",
                 fts=False)

@@ -14,10 +14,10 @@ from conftest import MIXED_TEXTS, REPO
 from typer.testing import CliRunner
 
 from embedrag.cli import app
-from embedrag.engine.backends import EXPORT_RECORD, read_export_record
-from embedrag.engine.encoder import Encoder
-from embedrag.engine.errors import ConfigError, DataError
-from embedrag.engine.export import ExportCheckError, ExportConfig, export
+from embedrag.engine.core.errors import ConfigError, DataError
+from embedrag.engine.encoding.backends import EXPORT_RECORD, read_export_record
+from embedrag.engine.encoding.encoder import Encoder
+from embedrag.engine.tools.export import ExportCheckError, ExportConfig, export
 
 runner = CliRunner()
 TEXTS = [t for t in MIXED_TEXTS if t] + ["tea with milk", "green tea leaves"]
@@ -104,7 +104,7 @@ def test_backends_give_the_torch_vectors(tiny_bert, bert_export, backend):
 
 
 def test_int8_is_close_and_its_own_model(tiny_bert, bert_export):
-    from embedrag.engine.fingerprint import model_fingerprint
+    from embedrag.engine.encoding.fingerprint import model_fingerprint
 
     reference = Encoder.load(tiny_bert, device="cpu").encode(TEXTS)
     quantized = Encoder.load(bert_export, backend="onnx")  # the default file is the last exported: int8
@@ -132,7 +132,7 @@ def test_minilm_int8_exports_stay_within_the_documented_floor(minilm_path, tmp_p
 
 
 def test_index_with_one_backend_search_with_another_by_the_documented_rule(tiny_bert, bert_export, tmp_path):
-    from embedrag.engine.store import table_settings
+    from embedrag.engine.retrieval.store import table_settings
 
     docs = tmp_path / "docs.jsonl"
     docs.write_text("".join(json.dumps({"id": f"d{i}", "text": t}) + "\n" for i, t in enumerate(TEXTS)),
@@ -141,7 +141,7 @@ def test_index_with_one_backend_search_with_another_by_the_documented_rule(tiny_
         result = runner.invoke(app, ["index", "--input", str(docs), "--model", str(bert_export), "--db",
                                      str(tmp_path / "db"), "--table", table, "--backend", backend, "--no-fts"])
         assert result.exit_code == 0, result.output
-        from embedrag.engine.store import open_table
+        from embedrag.engine.retrieval.store import open_table
 
         settings = table_settings(open_table(tmp_path / "db", table))
         assert settings.backend == backend and settings.precision == ("fp32" if allowed else "int8")
@@ -202,7 +202,7 @@ def test_a_corrupt_or_missing_export_is_one_line(tiny_bert, bert_export, tmp_pat
 
 
 def test_an_adapter_needs_exporting_and_a_missing_runtime_names_its_extra(tiny_bert, monkeypatch, tmp_path):
-    from embedrag.engine.backends import load_backbone
+    from embedrag.engine.encoding.backends import load_backbone
 
     (tmp_path / "adapter").mkdir()
     (tmp_path / "adapter" / "adapter_config.json").write_text("{}")

@@ -13,11 +13,11 @@ from typer.testing import CliRunner
 
 from embedrag import Encoder
 from embedrag.cli import app
-from embedrag.engine.data import Example
-from embedrag.engine.encoder import EmbeddingConfig
-from embedrag.engine.mine import Corpus, select_failing
-from embedrag.engine.train import train
-from embedrag.engine.train_config import TrainConfig
+from embedrag.engine.data.examples import Example
+from embedrag.engine.encoding.encoder import EmbeddingConfig
+from embedrag.engine.mining.mine import Corpus, select_failing
+from embedrag.engine.training.train import train
+from embedrag.engine.training.train_config import TrainConfig
 
 runner = CliRunner()
 
@@ -182,7 +182,7 @@ def test_init_from_an_adapter_continues_it(tiny_bert, tmp_path):
 
 
 def test_init_from_errors(tiny_bert, tmp_path):
-    from embedrag.engine.errors import ConfigError
+    from embedrag.engine.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="--init-from"):
         _config(tiny_bert, _toy(tmp_path), tmp_path / "o", init_from=str(tmp_path / "absent")).validate()

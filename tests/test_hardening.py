@@ -73,10 +73,10 @@ def open_folder(tiny_bert):
     """A folder everyone may enter (pytest's own tmp folders are root-only), holding a copy
     of the tiny model, a trained adapter and a small LanceDB table."""
     from embedrag import Encoder
-    from embedrag.engine.documents import Document
-    from embedrag.engine.store import build_index
-    from embedrag.engine.train import train
-    from embedrag.engine.train_config import TrainConfig
+    from embedrag.engine.data.documents import Document
+    from embedrag.engine.retrieval.store import build_index
+    from embedrag.engine.training.train import train
+    from embedrag.engine.training.train_config import TrainConfig
 
     folder = Path(tempfile.mkdtemp(prefix="embedrag-perm-"))
     folder.chmod(0o755)
@@ -205,8 +205,8 @@ def _disk_full_cases(t: Path, m: dict, disk: Path) -> dict[str, list[str]]:
 
 @pytest.fixture(scope="module")
 def trained(tiny_bert, tmp_path_factory):
-    from embedrag.engine.train import train
-    from embedrag.engine.train_config import TrainConfig
+    from embedrag.engine.training.train import train
+    from embedrag.engine.training.train_config import TrainConfig
 
     folder = tmp_path_factory.mktemp("hardening")
     run = train(TrainConfig(train_datasets=[str(_jsonl(folder / "d.jsonl", [GOOD] * 4))],
@@ -266,7 +266,7 @@ def _raise(exc):
 def test_training_out_of_memory_says_what_to_lower(monkeypatch, tmp_path):
     import torch
 
-    import embedrag.engine.train as engine_train
+    import embedrag.engine.training.train as engine_train
 
     monkeypatch.setattr(engine_train, "train", _raise(torch.OutOfMemoryError(
         "CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has a total capacity of 79.1 GiB")))
@@ -278,7 +278,7 @@ def test_training_out_of_memory_says_what_to_lower(monkeypatch, tmp_path):
 
 
 def test_encoding_out_of_host_memory_says_lower_batch_size(monkeypatch, tmp_path, tiny_bert):
-    import embedrag.engine.encoder as encoder
+    import embedrag.engine.encoding.encoder as encoder
 
     monkeypatch.setattr(encoder.Encoder, "encode", _raise(RuntimeError(
         "[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: not enough memory: "
@@ -290,7 +290,7 @@ def test_encoding_out_of_host_memory_says_lower_batch_size(monkeypatch, tmp_path
 
 
 def test_cuda_error_names_the_next_step(monkeypatch, tmp_path, tiny_bert):
-    import embedrag.engine.encoder as encoder
+    import embedrag.engine.encoding.encoder as encoder
 
     monkeypatch.setattr(encoder.Encoder, "encode", _raise(RuntimeError(
         "CUDA error: an illegal memory access was encountered\nCUDA kernel errors might be reported...")))
@@ -301,7 +301,7 @@ def test_cuda_error_names_the_next_step(monkeypatch, tmp_path, tiny_bert):
 
 
 def test_debug_shows_the_traceback(monkeypatch, tmp_path, tiny_bert):
-    import embedrag.engine.encoder as encoder
+    import embedrag.engine.encoding.encoder as encoder
 
     monkeypatch.setattr(encoder.Encoder, "encode", _raise(RuntimeError("boom")))
     data = _jsonl(tmp_path / "d.jsonl", [GOOD] * 2)
@@ -403,9 +403,9 @@ def test_repl_history_is_private(open_folder, tmp_path):
 @pytest.mark.parametrize("mode", ["create", "append", "overwrite"])
 def test_an_index_run_that_fails_midway_leaves_the_table_as_it_was(mode, tiny_bert, tmp_path):
     from embedrag import Encoder
-    from embedrag.engine.documents import Document
-    from embedrag.engine.errors import ConfigError
-    from embedrag.engine.store import build_index, open_table
+    from embedrag.engine.core.errors import ConfigError
+    from embedrag.engine.data.documents import Document
+    from embedrag.engine.retrieval.store import build_index, open_table
 
     encoder = Encoder.load(str(tiny_bert), device="cpu")
     db = tmp_path / "db"

@@ -13,10 +13,10 @@ from typer.testing import CliRunner
 
 from embedrag import Encoder
 from embedrag.cli import app
-from embedrag.engine import captions
-from embedrag.engine.documents import read_documents
-from embedrag.engine.errors import ConfigError
-from embedrag.engine.store import build_index, open_table
+from embedrag.engine.core.errors import ConfigError
+from embedrag.engine.data.documents import read_documents
+from embedrag.engine.llm import captions
+from embedrag.engine.retrieval.store import build_index, open_table
 
 runner = CliRunner()
 

@@ -16,10 +16,10 @@ from typer.testing import CliRunner
 
 from embedrag import Encoder
 from embedrag.cli import app
-from embedrag.engine.documents import Chunker, Document, read_documents
-from embedrag.engine.errors import ConfigError
-from embedrag.engine.rag import RAG, OpenAIChatGenerator, build_messages
-from embedrag.engine.store import Retriever, TableMismatchError, build_index, open_table
+from embedrag.engine.core.errors import ConfigError
+from embedrag.engine.data.documents import Chunker, Document, read_documents
+from embedrag.engine.llm.rag import RAG, OpenAIChatGenerator, build_messages
+from embedrag.engine.retrieval.store import Retriever, TableMismatchError, build_index, open_table
 
 runner = CliRunner()
 REPO = Path(__file__).resolve().parents[1]
@@ -97,7 +97,7 @@ def test_a_table_records_its_precision_and_opens_with_unknown_keys(bert_encoder,
     import numpy as np
     import pyarrow as pa
 
-    from embedrag.engine.store import METADATA_KEY, table_settings
+    from embedrag.engine.retrieval.store import METADATA_KEY, table_settings
 
     docs = _docs(3)
     db = tmp_path / "db"
@@ -255,7 +255,7 @@ def test_repl_through_stdin(sample_db):
 
 
 def test_messages_number_the_passages():
-    from embedrag.engine.store import Hit
+    from embedrag.engine.retrieval.store import Hit
 
     hits = [Hit(1, 0.9, "a#0", "a", 0, "alpha text", "A", "s"), Hit(2, 0.5, "b#0", "b", 0, "beta", "", "s")]
     messages = build_messages("q?", hits)
@@ -274,7 +274,7 @@ def test_ann_index_is_built_and_searched(bert_encoder, tmp_path):
 
 
 def test_hnsw_index_recalls_like_exact_and_appends_update_it(bert_encoder, tmp_path):
-    from embedrag.engine.store import vector_index_type
+    from embedrag.engine.retrieval.store import vector_index_type
 
     db = tmp_path / "db"
     build_index(_docs(300), bert_encoder, db=db, chunk_size=200, fts=False, ann="none")

@@ -9,8 +9,8 @@ import pytest
 from conftest import DATASETS
 
 from embedrag import Encoder
-from embedrag.engine.train import train
-from embedrag.engine.train_config import TrainConfig
+from embedrag.engine.training.train import train
+from embedrag.engine.training.train_config import TrainConfig
 
 pytestmark = pytest.mark.slow
 

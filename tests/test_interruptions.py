@@ -78,7 +78,7 @@ def test_sigkill_during_training_then_resume_reaches_the_same_weights(tiny_bert,
 
 
 def test_sigkill_during_upsert_then_rerun_gives_the_clean_rows(tiny_bert, tmp_path):
-    from embedrag.engine.store import open_table
+    from embedrag.engine.retrieval.store import open_table
 
     docs = tmp_path / "docs.jsonl"
     docs.write_text("".join(json.dumps({"id": f"d{i}", "text": f"document {i} about {TOPICS[i % 16]}. " * 3})

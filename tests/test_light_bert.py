@@ -2,9 +2,9 @@
 
 import numpy as np
 
-from embedrag.engine.encoder import Encoder
-from embedrag.engine.fingerprint import model_fingerprint
-from embedrag.engine.light_bert import light_bert_config
+from embedrag.engine.encoding.encoder import Encoder
+from embedrag.engine.encoding.fingerprint import model_fingerprint
+from embedrag.engine.encoding.light_bert import light_bert_config
 
 TEXTS = ["what causes cancer", "", " ", "ÀÉÎõü naïve café 中文字符 😀", "x" * 20000, "word " * 3000,
          "Tobacco may promote the growth and invasion of mutant cells. " * 3]

@@ -8,7 +8,11 @@ import numpy as np
 import pytest
 
 from embedrag import Encoder
-from embedrag.engine.finetune import LoraSettings, load_training_encoder, prepare_for_training
+from embedrag.engine.training.finetune import (
+    LoraSettings,
+    load_training_encoder,
+    prepare_for_training,
+)
 
 TEXTS = ["tell me about apple", "the river runs to the ocean", "piano music", "台北的牛肉麵", "x" * 60]
 
@@ -37,9 +41,9 @@ def test_loftq_start_is_closer_to_full_precision_than_the_4bit_base(model_fixtur
 def test_loftq_run_is_recorded_and_merges_exactly(tiny_bert, tmp_path):
     from test_train import _config, _toy_rows
 
-    from embedrag.engine.merge import merge
-    from embedrag.engine.train import train
-    from embedrag.engine.train_config import TrainConfig
+    from embedrag.engine.training.merge import merge
+    from embedrag.engine.training.train import train
+    from embedrag.engine.training.train_config import TrainConfig
 
     data = tmp_path / "train.jsonl"
     data.write_text("\n".join(json.dumps(r) for r in _toy_rows(0)) + "\n")

@@ -8,9 +8,9 @@ import random
 import pytest
 import torch
 
-from embedrag.engine.data import Example
-from embedrag.engine.loss import InfoNCELoss
-from embedrag.engine.sampling import build_batch
+from embedrag.engine.data.examples import Example
+from embedrag.engine.training.loss import InfoNCELoss
+from embedrag.engine.training.sampling import build_batch
 
 
 def _cos(a, b):
@@ -112,7 +112,7 @@ def _hand_margin_ranking(q_vecs, p_vecs, batch, margin, in_batch):
 @pytest.mark.parametrize("in_batch", [True, False])
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_margin_ranking_equals_hand_computation(in_batch, seed):
-    from embedrag.engine.loss import MarginRankingLoss
+    from embedrag.engine.training.loss import MarginRankingLoss
 
     batch, q, p = _random_batch(seed)
     got = MarginRankingLoss(margin=0.3, in_batch_negatives=in_batch)(q, p, **batch.loss_inputs())
@@ -122,7 +122,7 @@ def test_margin_ranking_equals_hand_computation(in_batch, seed):
 
 
 def test_margin_ranking_is_zero_once_every_positive_clears_the_margin():
-    from embedrag.engine.loss import MarginRankingLoss
+    from embedrag.engine.training.loss import MarginRankingLoss
 
     examples = [Example("q0", pos=("p0",), neg=("n0",)), Example("q1", pos=("p1",), neg=("n1",))]
     batch = build_batch(examples, neg_nums=1, rng=random.Random(0))

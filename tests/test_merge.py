@@ -14,9 +14,9 @@ from typer.testing import CliRunner
 
 from embedrag import Encoder
 from embedrag.cli import app
-from embedrag.engine.errors import ConfigError
-from embedrag.engine.merge import merge
-from embedrag.engine.train import train
+from embedrag.engine.core.errors import ConfigError
+from embedrag.engine.training.merge import merge
+from embedrag.engine.training.train import train
 
 TEXTS = ["tell me about apple", "apple apple: all about the apple", "牛肉麵", "x", "glass " * 40]
 runner = CliRunner()

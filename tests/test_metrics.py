@@ -8,8 +8,8 @@ import random
 import numpy as np
 import pytest
 
-from embedrag.engine.errors import ConfigError, DataError
-from embedrag.engine.metrics import (
+from embedrag.engine.core.errors import ConfigError, DataError
+from embedrag.engine.evaluation.metrics import (
     METRICS,
     evaluate_run,
     metric_keys,

@@ -13,16 +13,16 @@ import pytest
 from typer.testing import CliRunner
 
 from embedrag.cli import app
-from embedrag.engine.data import Example
-from embedrag.engine.errors import ConfigError
-from embedrag.engine.lexical import BM25Ranker, tokenize
-from embedrag.engine.mine import (
+from embedrag.engine.core.errors import ConfigError
+from embedrag.engine.data.examples import Example
+from embedrag.engine.mining.mine import (
     Corpus,
     MineConfig,
     mine_examples,
     normalize_text,
     parse_range,
 )
+from embedrag.engine.retrieval.lexical import BM25Ranker, tokenize
 
 runner = CliRunner()
 REPO = Path(__file__).resolve().parents[1]
@@ -220,7 +220,7 @@ def _check_output(path: Path, encoder, margin: float | None, kept_negatives: dic
 
 def test_cli_mines_sample_data_with_minilm(minilm_path, tmp_path):
     from embedrag import Encoder
-    from embedrag.engine.data import load_examples
+    from embedrag.engine.data.examples import load_examples
 
     source = REPO / "datasets" / "sample_data.jsonl"
     out = tmp_path / "mined.jsonl"
@@ -258,9 +258,9 @@ def test_cli_mines_a_beir_split_with_bm25_and_hybrid(tiny_bert, tmp_path, strate
 
 def test_mine_from_a_lancedb_table_reuses_its_vectors(tiny_bert, tmp_path):
     from embedrag import Encoder
-    from embedrag.engine.documents import Document
-    from embedrag.engine.mine import load_table_corpus
-    from embedrag.engine.store import build_index
+    from embedrag.engine.data.documents import Document
+    from embedrag.engine.mining.mine import load_table_corpus
+    from embedrag.engine.retrieval.store import build_index
 
     encoder = Encoder.load(tiny_bert, device="cpu")
     docs = [Document(id=f"d{i}", text=f"document number {i} about {w}", title="")
@@ -282,8 +282,8 @@ def test_mine_from_a_lancedb_table_reuses_its_vectors(tiny_bert, tmp_path):
 
 def test_mining_precision_is_used_recorded_and_cached_apart(tiny_bert, tmp_path):
     from embedrag import Encoder
-    from embedrag.engine.encoder import resolve_precision
-    from embedrag.engine.mine import mine
+    from embedrag.engine.encoding.encoder import resolve_precision
+    from embedrag.engine.mining.mine import mine
 
     encoder = Encoder.load(tiny_bert, device="cpu")
     encode = encoder.encode

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from embedrag.engine import models
-from embedrag.engine.errors import ModelNotFoundError
-from embedrag.engine.models import resolve_model
+from embedrag.engine.core.errors import ModelNotFoundError
+from embedrag.engine.encoding import models
+from embedrag.engine.encoding.models import resolve_model
 
 
 def test_local_folder(tiny_bert):

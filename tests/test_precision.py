@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from embedrag.engine.encoder import resolve_precision
-from embedrag.engine.errors import ConfigError
-from embedrag.engine.precision import accelerate_mixed_precision, canonical_precision
-from embedrag.engine.train_config import TrainConfig
+from embedrag.engine.core.errors import ConfigError
+from embedrag.engine.encoding.encoder import resolve_precision
+from embedrag.engine.encoding.precision import accelerate_mixed_precision, canonical_precision
+from embedrag.engine.training.train_config import TrainConfig
 
 
 @pytest.mark.parametrize(("spelled", "canonical"), [

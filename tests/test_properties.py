@@ -13,10 +13,10 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from embedrag.engine.data import Example, Problem, iter_json_objects, load_examples, scan
-from embedrag.engine.errors import DataError
-from embedrag.engine.metrics import METRICS, evaluate_run, run_from_topk
-from embedrag.engine.search import exact_search
+from embedrag.engine.core.errors import DataError
+from embedrag.engine.data.examples import Example, Problem, iter_json_objects, load_examples, scan
+from embedrag.engine.evaluation.metrics import METRICS, evaluate_run, run_from_topk
+from embedrag.engine.retrieval.search import exact_search
 
 pytrec_eval = pytest.importorskip("pytrec_eval")
 

@@ -13,8 +13,8 @@ import pytest
 from typer.testing import CliRunner
 
 from embedrag.cli import app
-from embedrag.engine.documents import read_documents
-from embedrag.engine.errors import ConfigError, DataError
+from embedrag.engine.core.errors import ConfigError, DataError
+from embedrag.engine.data.documents import read_documents
 
 runner = CliRunner()
 PAGE_TWO = "The otter sleeps under the old stone bridge at noon."
@@ -75,7 +75,7 @@ def make_docx(path: Path) -> Path:
 def document_warnings(caplog, monkeypatch):
     """Warnings of the documents module (the CLI's logging set-up stops propagation)."""
     monkeypatch.setattr(logging.getLogger("embedrag"), "propagate", True)
-    caplog.set_level(logging.WARNING, logger="embedrag.engine.documents")
+    caplog.set_level(logging.WARNING, logger="embedrag.engine.data.documents")
     return caplog
 
 
@@ -272,8 +272,8 @@ def test_the_sources_table_shows_the_page_or_the_section():
     from rich.console import Console
 
     from embedrag.cli.ask import _sources_table
-    from embedrag.engine.rag import Answer
-    from embedrag.engine.store import Hit
+    from embedrag.engine.llm.rag import Answer
+    from embedrag.engine.retrieval.store import Hit
 
     hits = [Hit(1, 0.9, "r#p3#0", "r#p3", 0, "t", "R", "report.pdf", {"page": 3, "pages": 9}),
             Hit(2, 0.8, "g#s2#0", "g#s2", 0, "t", "G", "guide.docx", {"heading_path": "Intro > Scope"}),

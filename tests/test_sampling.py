@@ -5,8 +5,8 @@ from __future__ import annotations
 import random
 from collections import Counter
 
-from embedrag.engine.data import Example
-from embedrag.engine.sampling import EpochSampler, build_batch
+from embedrag.engine.data.examples import Example
+from embedrag.engine.training.sampling import EpochSampler, build_batch
 
 
 def _examples(n, prefix="q", negs=5):

@@ -138,8 +138,8 @@ def test_gradcache_replays_dropout(tiny_bert, data, tmp_path):
     """With dropout on, the re-encoding pass must draw the masks of the cached pass, or the
     cached embedding gradients would belong to other activations: the loss then still
     falls over a few steps (a sanity check that training works with dropout)."""
-    from embedrag.engine.train import TrainCallback, train
-    from embedrag.engine.train_config import TrainConfig
+    from embedrag.engine.training.train import TrainCallback, train
+    from embedrag.engine.training.train_config import TrainConfig
 
     losses = []
 
@@ -157,7 +157,7 @@ def test_encoding_in_two_processes_equals_one(tiny_bert, tmp_path):
     import numpy as np
 
     from embedrag import Encoder
-    from embedrag.engine.parallel import EncoderPool
+    from embedrag.engine.encoding.parallel import EncoderPool
 
     encoder = Encoder.load(tiny_bert, device="cpu", passage_max_length=48)
     texts = [f"passage {i} " + "word " * (i % 23) for i in range(150)]

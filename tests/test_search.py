@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from embedrag.engine import search
-from embedrag.engine.errors import ConfigError
-from embedrag.engine.search import block_shape, exact_search
+from embedrag.engine.core.errors import ConfigError
+from embedrag.engine.retrieval import search
+from embedrag.engine.retrieval.search import block_shape, exact_search
 
 
 @pytest.fixture(params=["torch", "numpy"])

@@ -20,9 +20,9 @@ from typer.testing import CliRunner
 
 from embedrag import Encoder
 from embedrag.cli import app
-from embedrag.engine.documents import Document
+from embedrag.engine.data.documents import Document
+from embedrag.engine.retrieval.store import build_index
 from embedrag.engine.serve import BatchingConfig, Limits, ServeConfig
-from embedrag.engine.store import build_index
 
 runner = CliRunner()
 REPO = Path(__file__).resolve().parents[1]

@@ -13,9 +13,9 @@ import pytest
 from _serving import FakeChat, running_app
 
 from embedrag import Encoder
-from embedrag.engine.documents import Document
+from embedrag.engine.data.documents import Document
+from embedrag.engine.retrieval.store import build_index
 from embedrag.engine.serve import ServeConfig
-from embedrag.engine.store import build_index
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")

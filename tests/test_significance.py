@@ -13,10 +13,10 @@ from scipy.stats import ttest_rel
 from typer.testing import CliRunner
 
 from embedrag.cli import app
-from embedrag.engine.evaluate import ModelSpec, evaluate
-from embedrag.engine.lexical import analyze
-from embedrag.engine.significance import compare, permutation_pvalue, ttest_pvalue
-from embedrag.engine.testsets import TestSet, load_jsonl_testset
+from embedrag.engine.data.testsets import TestSet, load_jsonl_testset
+from embedrag.engine.evaluation.evaluate import ModelSpec, evaluate
+from embedrag.engine.evaluation.significance import compare, permutation_pvalue, ttest_pvalue
+from embedrag.engine.retrieval.lexical import analyze
 
 runner = CliRunner()
 
@@ -105,8 +105,8 @@ def reference_lucene_bm25(query: list[str], docs: dict[str, list[str]], k1=1.2, 
 
 
 def test_bm25_row_ranks_as_the_reference_bm25():
-    from embedrag.engine.lexical import BM25Ranker
-    from embedrag.engine.metrics import evaluate_run
+    from embedrag.engine.evaluation.metrics import evaluate_run
+    from embedrag.engine.retrieval.lexical import BM25Ranker
 
     assert analyze("Running dogs") == ["run", "dog"] and analyze("台北") == ["台", "北"]
     docs = {d: analyze(t) for d, t in CORPUS.items()}

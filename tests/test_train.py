@@ -11,9 +11,9 @@ import torch
 from safetensors.torch import load_file
 
 from embedrag import Encoder
-from embedrag.engine.errors import ConfigError
-from embedrag.engine.train import TrainCallback, train
-from embedrag.engine.train_config import TrainConfig
+from embedrag.engine.core.errors import ConfigError
+from embedrag.engine.training.train import TrainCallback, train
+from embedrag.engine.training.train_config import TrainConfig
 
 TOPICS = ["apple", "river", "music", "stone", "cloud", "train", "green", "paper", "light",
           "sugar", "horse", "glass", "tiger", "ocean", "piano", "maple"]
@@ -221,7 +221,7 @@ def test_bf16_mixed_precision_and_cosine_schedule(tiny_bert, toy_data, tmp_path)
 
 
 def test_weighted_datasets_and_dry_run(tiny_bert, toy_data, tmp_path):
-    from embedrag.engine.train import dry_run
+    from embedrag.engine.training.train import dry_run
 
     config = _config(tiny_bert, toy_data[0], tmp_path / "out", "lora", max_steps=None, epochs=1,
                      train_datasets=[f"{toy_data[0]}:0.5", f"{toy_data[1]}:2"])
@@ -232,8 +232,8 @@ def test_weighted_datasets_and_dry_run(tiny_bert, toy_data, tmp_path):
 
 
 def test_default_temperature_is_the_one_the_model_was_trained_at(tiny_bert, toy_data, tmp_path):
-    from embedrag.engine.train import dry_run, train
-    from embedrag.engine.train_config import DEFAULT_TEMPERATURE, default_temperature
+    from embedrag.engine.training.train import dry_run, train
+    from embedrag.engine.training.train_config import DEFAULT_TEMPERATURE, default_temperature
 
     assert DEFAULT_TEMPERATURE == 0.02  # the original train.py's
     assert default_temperature("all-MiniLM-L6-v2") == default_temperature("sentence-transformers/all-MiniLM-L6-v2")
@@ -280,7 +280,7 @@ def test_ctrl_c_saves_a_resumable_checkpoint(tiny_bert, toy_data, tmp_path):
     import os
     import signal
 
-    from embedrag.engine.errors import TrainingInterrupted
+    from embedrag.engine.core.errors import TrainingInterrupted
 
     options = dict(max_steps=10, save_on_epoch_end=False, lora_dropout=0.1, warmup_proportion=0.2)
     straight = train(_config(tiny_bert, toy_data[0], tmp_path / "a", "lora", **options))
@@ -308,7 +308,7 @@ def test_ctrl_c_saves_a_resumable_checkpoint(tiny_bert, toy_data, tmp_path):
 def test_attention_dropout_reaches_only_the_attention_probabilities(model_fixture, request):
     import torch
 
-    from embedrag.engine.finetune import set_attention_dropout
+    from embedrag.engine.training.finetune import set_attention_dropout
 
     encoder = Encoder.load(request.getfixturevalue(model_fixture), device="cpu")
     model = encoder.model
@@ -333,7 +333,7 @@ def test_attention_dropout_reaches_only_the_attention_probabilities(model_fixtur
 
 
 def test_training_turns_attention_dropout_off_and_keeps_the_models_config(tiny_bert, toy_data, tmp_path):
-    from embedrag.engine.train import dry_run
+    from embedrag.engine.training.train import dry_run
 
     train(_config(tiny_bert, toy_data[0], tmp_path / "out", "full", max_steps=1))
     final = tmp_path / "out" / "final"
@@ -345,7 +345,7 @@ def test_training_turns_attention_dropout_off_and_keeps_the_models_config(tiny_b
 
 
 def test_passages_embedded_in_length_sorted_groups_give_the_same_step(tiny_bert, tmp_path):
-    from embedrag.engine.train import _Trainer
+    from embedrag.engine.training.train import _Trainer
 
     rows = _toy_rows()
     for i, row in enumerate(rows):  # passages of many lengths, so groups pad differently
@@ -373,7 +373,7 @@ def test_passages_embedded_in_length_sorted_groups_give_the_same_step(tiny_bert,
 
 
 def test_attention_dropout_finds_the_rate_however_it_is_stored():
-    from embedrag.engine.finetune import set_attention_dropout
+    from embedrag.engine.training.finetune import set_attention_dropout
 
     class IntRate(torch.nn.Module):  # a config that wrote 0 as an int
         def __init__(self):

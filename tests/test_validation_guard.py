@@ -8,10 +8,10 @@ import string
 
 import pytest
 
-from embedrag.engine.data import Example, load_examples
-from embedrag.engine.holdout import holdout_testset, split_holdout
-from embedrag.engine.train import train
-from embedrag.engine.train_config import TrainConfig
+from embedrag.engine.data.examples import Example, load_examples
+from embedrag.engine.training.holdout import holdout_testset, split_holdout
+from embedrag.engine.training.train import train
+from embedrag.engine.training.train_config import TrainConfig
 
 
 def _words(n: int, seed: int) -> list[str]:

@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from embedrag.engine.errors import EmbedragError, machine_error_message, redact
+from embedrag.engine.core.errors import EmbedragError, machine_error_message, redact
 
 console = Console()
 err_console = Console(stderr=True)

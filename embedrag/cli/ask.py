@@ -28,7 +28,7 @@ def _sources_table(answer) -> Table:
 
 
 def _show_passages(answer) -> None:
-    from embedrag.engine.rag import best_sentence
+    from embedrag.engine.llm.rag import best_sentence
 
     for hit in answer.passages:
         text = escape(hit.text)
@@ -92,7 +92,7 @@ def _history() -> None:
 
 
 def _repl(rag, as_json: bool) -> None:
-    from embedrag.engine.errors import EmbedragError
+    from embedrag.engine.core.errors import EmbedragError
 
     console.print(f"[bold]embedrag ask[/]: {escape(rag.retriever.settings.model)}, top {rag.top_k}"
                   f"{', hybrid' if rag.hybrid else ''}. /help for commands.")
@@ -154,8 +154,8 @@ def ask(
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Retrieve passages for a question and answer it with an LLM, citing sources."""
-    from embedrag.engine.rag import RAG, make_generator
-    from embedrag.engine.store import Retriever
+    from embedrag.engine.llm.rag import RAG, make_generator
+    from embedrag.engine.retrieval.store import Retriever
 
     with console.status("loading..."), loading():
         retriever = Retriever(db, table, model=model, light=True, backend=backend)

@@ -10,8 +10,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from embedrag.cli._common import console, reports_errors
-from embedrag.engine.demo import DEMO_EPOCHS
-from embedrag.engine.models import DEFAULT_MODEL
+from embedrag.engine.encoding.models import DEFAULT_MODEL
+from embedrag.engine.tools.demo import DEMO_EPOCHS
 
 
 @reports_errors
@@ -28,8 +28,8 @@ def demo(
 ) -> None:
     """Evaluate the base model, fine-tune, merge, index, evaluate again and answer a question."""
     from embedrag.cli.train import _progress_callback
-    from embedrag.engine.demo import METRICS, run_demo
-    from embedrag.engine.significance import format_pvalue
+    from embedrag.engine.evaluation.significance import format_pvalue
+    from embedrag.engine.tools.demo import METRICS, run_demo
 
     def on_stage(name: str, detail: str) -> None:
         console.rule(f"[bold]{escape(name)}[/] [dim]{escape(detail)}[/]", align="left")

@@ -19,8 +19,8 @@ def doctor(
         "--model", "-m", help="Also check that this model resolves offline (repeatable).")] = None,
 ) -> None:
     """Report torch, devices, bitsandbytes, accelerate, lancedb and the models found offline."""
-    from embedrag.engine.doctor import diagnose
-    from embedrag.engine.models import DEFAULT_MODEL
+    from embedrag.engine.encoding.models import DEFAULT_MODEL
+    from embedrag.engine.tools.doctor import diagnose
 
     with console.status("checking..."):
         checks = diagnose([DEFAULT_MODEL, *(model or [])])

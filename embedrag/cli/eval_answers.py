@@ -61,24 +61,24 @@ def run_answers(answers: Path, models: list[str], *, corpus: Path | None, beir: 
                 bertscore_layer: int | None, judge: str | None, threshold: float, cache_dir: Path | None,
                 cache: bool, precision: str, captioner=None):
     """Load, run and return the :class:`AnswerReport` (the caller renders it)."""
-    from embedrag.engine.answer_eval import evaluate_answers, make_scorers
-    from embedrag.engine.answer_sets import load_answer_set
-    from embedrag.engine.evaluate import ModelSpec
-    from embedrag.engine.rag import make_generator
+    from embedrag.engine.data.answer_sets import load_answer_set
+    from embedrag.engine.evaluation.evaluate import ModelSpec
+    from embedrag.engine.llm.answer_eval import evaluate_answers, make_scorers
+    from embedrag.engine.llm.rag import make_generator
 
     answer_set = load_answer_set(answers)
     specs = [ModelSpec.parse(m) for m in models]
     documents = None
     if corpus is not None and beir is not None:
-        from embedrag.engine.errors import ConfigError
+        from embedrag.engine.core.errors import ConfigError
 
         raise ConfigError("give --corpus or --beir, not both")
     if beir is not None:  # BEIR passages (title + text), as retrieval eval embeds them: its cache applies
-        from embedrag.engine.testsets import read_beir_corpus
+        from embedrag.engine.data.testsets import read_beir_corpus
 
         documents = read_beir_corpus(beir / "corpus.jsonl")
     elif corpus is not None:
-        from embedrag.engine.documents import read_documents
+        from embedrag.engine.data.documents import read_documents
 
         documents = {d.id: d.text for d in read_documents([corpus], captioner=captioner)}
     with console.status("loading the scorers..."):

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from embedrag.cli import _captions as captions
 from embedrag.cli._common import PRECISION_HELP, console, err_console, reports_errors
-from embedrag.engine.models import DEFAULT_MODEL
+from embedrag.engine.encoding.models import DEFAULT_MODEL
 
 _WRITER = "Query writer"
 _LLM = "LLM"
@@ -94,8 +94,8 @@ def generate(
     negatives. Resumable: re-run the same command after an interruption."""
     from embedrag import ConfigError, GenerateConfig, make_query_writer
     from embedrag import generate as run_generate
-    from embedrag.engine.documents import JsonlFields
-    from embedrag.engine.mine import parse_range
+    from embedrag.engine.data.documents import JsonlFields
+    from embedrag.engine.mining.mine import parse_range
 
     if output.exists() and not overwrite:
         raise ConfigError(f"--output {output} exists; pass --overwrite to replace it")
@@ -121,7 +121,7 @@ def generate(
         err_console.print(f"[yellow]warning:[/] {result.chunks_failed} chunks failed (first: "
                           f"{escape(result.failures[0])}); re-run the same command to retry them", highlight=False)
     if report:
-        from embedrag.engine.atomic import write_json
+        from embedrag.engine.core.atomic import write_json
 
         console.print(f"report: {escape(str(write_json(report, result.to_dict())))}")
 

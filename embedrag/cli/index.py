@@ -18,7 +18,7 @@ from embedrag.cli._common import (
     console,
     reports_errors,
 )
-from embedrag.engine.models import DEFAULT_MODEL
+from embedrag.engine.encoding.models import DEFAULT_MODEL
 
 
 @reports_errors
@@ -57,9 +57,9 @@ def index(
     caption_cache: captions.CaptionCache = None,
 ) -> None:
     """Chunk documents with the model's tokenizer, embed them and store them in LanceDB."""
-    from embedrag.engine.documents import JsonlFields, read_documents
-    from embedrag.engine.encoder import Encoder
-    from embedrag.engine.store import build_index
+    from embedrag.engine.data.documents import JsonlFields, read_documents
+    from embedrag.engine.encoding.encoder import Encoder
+    from embedrag.engine.retrieval.store import build_index
 
     with console.status("reading documents..."):
         captioner = captions.captioner(caption_model, caption_llm, caption_llm_model, caption_llm_base_url,
@@ -68,7 +68,7 @@ def index(
                                                                   title=title_field), glob=glob,
                                         captioner=captioner))
     if not documents:
-        from embedrag.engine.errors import DataError
+        from embedrag.engine.core.errors import DataError
 
         raise DataError([f"{', '.join(map(str, input))}: no documents"])
     with console.status(f"loading {model}..."):

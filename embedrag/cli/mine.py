@@ -17,7 +17,7 @@ from embedrag.cli._common import (
     labelled_progress,
     reports_errors,
 )
-from embedrag.engine.models import DEFAULT_MODEL
+from embedrag.engine.encoding.models import DEFAULT_MODEL
 
 _SELECT = "Selection"
 _SOURCE = "Candidates"
@@ -94,9 +94,9 @@ def mine(
 ) -> None:
     """Mine hard negatives: candidates the model ranks high that are not positives, duplicates,
     the query, or too close to a positive's score."""
-    from embedrag.engine.errors import ConfigError
-    from embedrag.engine.evaluate import default_cache_dir
-    from embedrag.engine.mine import MineConfig, parse_range
+    from embedrag.engine.core.errors import ConfigError
+    from embedrag.engine.evaluation.evaluate import default_cache_dir
+    from embedrag.engine.mining.mine import MineConfig, parse_range
 
     start, end = parse_range(rank_range)
     config = MineConfig(negatives=negatives, range_start=start, range_end=end, sampling=sampling,
@@ -122,7 +122,7 @@ def mine(
                       precision=precision, max_batch_tokens=max_batch_tokens,
                       cache_dir=(cache_dir or default_cache_dir()) if cache else None, report=report)
         return
-    from embedrag.engine.mine import mine as run_mine
+    from embedrag.engine.mining.mine import mine as run_mine
 
     with labelled_progress() as progress:
         result = run_mine(input, output, model=model, beir=beir, split=split, corpus=corpus, db=db, table=table,
@@ -130,14 +130,14 @@ def mine(
                           progress=progress)
     console.print(_summary(result))
     if report:
-        from embedrag.engine.atomic import write_json
+        from embedrag.engine.core.atomic import write_json
 
         console.print(f"report: {escape(str(write_json(report, result.to_dict())))}")
 
 
 def _only_failing(input, output, k, *, report, **options) -> None:
-    from embedrag.engine.atomic import write_json
-    from embedrag.engine.mine import only_failing
+    from embedrag.engine.core.atomic import write_json
+    from embedrag.engine.mining.mine import only_failing
 
     with labelled_progress() as progress:
         result = only_failing(input, output, k=k, progress=progress, **options)

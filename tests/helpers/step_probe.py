@@ -18,8 +18,8 @@ from pathlib import Path
 def main() -> None:
     import torch
 
-    from embedrag.engine.train import _Trainer
-    from embedrag.engine.train_config import TrainConfig
+    from embedrag.engine.training.train import _Trainer
+    from embedrag.engine.training.train_config import TrainConfig
 
     config = TrainConfig(**json.loads(Path(sys.argv[1]).read_text())).validate()
     out = Path(sys.argv[2])
@@ -37,7 +37,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     torch.save({"loss": step.loss, "grads": grads, "weights": weights, "queries": len(batch), "batch": {"queries": batch.queries, "passages": batch.passages},
                 "passages": len(batch.passages)}, out / f"rank{rank}.pt")
-    from embedrag.engine.launch import release_process_group
+    from embedrag.engine.training.launch import release_process_group
 
     release_process_group()
     # Everything is written. Skip interpreter teardown: a gloo/bitsandbytes thread still

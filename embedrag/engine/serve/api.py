@@ -15,13 +15,13 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from embedrag.engine.errors import ConfigError, EmbedragError, redact
+from embedrag.engine.core.errors import ConfigError, EmbedragError, redact
 from embedrag.engine.serve.guards import APIError
 from embedrag.engine.serve.schemas import INPUT_TYPES, AskRequest, EmbeddingRequest, SearchRequest
 
 if TYPE_CHECKING:
+    from embedrag.engine.retrieval.store import Hit
     from embedrag.engine.serve.state import ServerState
-    from embedrag.engine.store import Hit
 
 router = APIRouter(prefix="/v1")
 
@@ -169,7 +169,12 @@ def _parse_event(text: str) -> tuple[str, dict[str, Any]]:
 def _answer_events(state: ServerState, question: str, hits: list[Hit], retrieval_ms: float) -> Iterator[str]:
     """passages, then token pieces as the generator writes them, then done (the whole
     answer and the passages it cites); an LLM failure mid-stream is an ``error`` event."""
-    from embedrag.engine.rag import NoGenerator, build_messages, cited_numbers, extractive_answer
+    from embedrag.engine.llm.rag import (
+        NoGenerator,
+        build_messages,
+        cited_numbers,
+        extractive_answer,
+    )
 
     generator = state.generator or NoGenerator()
     passages = [hit_json(h) for h in hits]

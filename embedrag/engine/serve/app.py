@@ -104,7 +104,7 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        from embedrag.engine.errors import EmbedragError, machine_error_message
+        from embedrag.engine.core.errors import EmbedragError, machine_error_message
 
         if isinstance(exc, EmbedragError):
             return JSONResponse(error_body(str(exc)), status_code=400)

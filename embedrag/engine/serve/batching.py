@@ -22,7 +22,7 @@ from embedrag.engine.serve.config import BatchingConfig
 if TYPE_CHECKING:
     import numpy as np
 
-    from embedrag.engine.encoder import Encoder
+    from embedrag.engine.encoding.encoder import Encoder
 
 _STOP = object()
 

@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from embedrag.engine.errors import ConfigError
+from embedrag.engine.core.errors import ConfigError
 
 # The variable a server reads its own key from (clients send it as a bearer token). The
 # LLM's key is another (errors.API_KEY_VARIABLES).

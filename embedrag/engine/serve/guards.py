@@ -9,7 +9,7 @@ import json
 import logging
 from typing import Any
 
-from embedrag.engine.errors import redact
+from embedrag.engine.core.errors import redact
 
 logger = logging.getLogger("embedrag.serve")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 from collections.abc import Callable
 
-from embedrag.engine.errors import ConfigError
+from embedrag.engine.core.errors import ConfigError
 from embedrag.engine.serve.config import ServeConfig
 from embedrag.engine.serve.state import ServerState, load_state
 

@@ -9,14 +9,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from embedrag.engine.errors import ConfigError
+from embedrag.engine.core.errors import ConfigError
 from embedrag.engine.serve.config import ServeConfig
 
 if TYPE_CHECKING:
-    from embedrag.engine.encoder import Encoder
-    from embedrag.engine.rag import Generator
+    from embedrag.engine.encoding.encoder import Encoder
+    from embedrag.engine.llm.rag import Generator
+    from embedrag.engine.retrieval.store import Retriever
     from embedrag.engine.serve.batching import EmbeddingBatcher
-    from embedrag.engine.store import Retriever
 
 
 @dataclass
@@ -57,18 +57,18 @@ class ServerState:
 def load_state(config: ServeConfig) -> ServerState:
     """Check ``config``, open the table and load the model(s) once, before the server binds,
     so a bad path or a mismatched model is a one-line error rather than a failing server."""
-    from embedrag.engine.rag import make_generator
+    from embedrag.engine.llm.rag import make_generator
 
     config.check()
     report = _read_report(config.report) if config.report else None
     if config.db is not None:
-        from embedrag.engine.store import Retriever
+        from embedrag.engine.retrieval.store import Retriever
 
         retriever = Retriever(config.db, config.table, model=config.model, device=config.device,
                               backend=config.backend)
         encoder = retriever.encoder
     else:
-        from embedrag.engine.encoder import Encoder
+        from embedrag.engine.encoding.encoder import Encoder
 
         retriever, encoder = None, Encoder.load(config.model, device=config.device, backend=config.backend)
     generator = make_generator(config.llm, base_url=config.llm_base_url, model=config.llm_model,

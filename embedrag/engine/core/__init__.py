@@ -1,0 +1,1 @@
+"""What every layer uses: domain errors and interruption-safe writes."""

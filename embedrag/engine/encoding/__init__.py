@@ -1,0 +1,1 @@
+"""Texts to vectors: model resolution, the Encoder, pooling, precision, backends, fingerprints."""

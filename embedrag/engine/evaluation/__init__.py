@@ -1,0 +1,1 @@
+"""Scores: trec_eval metrics, paired significance tests, model and table evaluation."""

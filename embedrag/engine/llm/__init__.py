@@ -1,0 +1,1 @@
+"""Language models over retrieval: RAG, query writers, generation, answer evaluation, captions."""

@@ -1,0 +1,1 @@
+"""Hard negatives and hard examples for training."""

@@ -1,0 +1,1 @@
+"""Vectors to hits: exact search, BM25, LanceDB tables."""

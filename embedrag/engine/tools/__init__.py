@@ -1,0 +1,1 @@
+"""Whole jobs over everything below: the demo, doctor, export."""

@@ -1,0 +1,1 @@
+"""Fine-tuning: config, batches, the contrastive step, losses, the loop, checkpoints, merge."""
