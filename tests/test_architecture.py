@@ -190,3 +190,41 @@ def test_the_checkers_on_a_small_package(tmp_path):
             "## Long functions and classes\n- `pkg.high.g`: why.\n  more `why`\n## Next\n- `no`\n")
     assert doc_layers(page) == [("low", ["pkg", "pkg.low"]), ("high", ["pkg.high"])]
     assert doc_long_names(page) == ["pkg.high.g"]
+
+
+# What the command line may import of the engine besides the public names of ``embedrag``.
+CLI_ENGINE_IMPORTS = {"embedrag.engine.core.errors"}
+
+
+def cli_engine_imports(root: Path) -> list[str]:
+    """``file:line: module imports target`` for every import of an engine module by the CLI
+    other than :data:`CLI_ENGINE_IMPORTS`: commands go through ``embedrag``'s public names."""
+    engine = f"{root.name}.engine"
+    return [f"{imp.path.relative_to(root.parent)}:{imp.line}: {imp.importer} imports {imp.target}"
+            for imp in collect_imports(root)
+            if imp.importer.startswith(f"{root.name}.cli") and not imp.type_checking
+            and (imp.target == engine or imp.target.startswith(engine + "."))
+            and imp.target not in CLI_ENGINE_IMPORTS]
+
+
+def test_the_cli_imports_only_the_public_api():
+    found = cli_engine_imports(PACKAGE_ROOT)
+    assert not found, "\n".join(found)
+
+
+def test_the_public_api_check_sees_an_internal_import(tmp_path):
+    package = tmp_path / "pkg"
+    for folder in ("engine", "engine/core", "engine/encoding", "cli"):
+        (package / folder).mkdir(parents=True)
+        (package / folder / "__init__.py").write_text("")
+    (package / "engine/core/errors.py").write_text("")
+    (package / "engine/encoding/models.py").write_text("DEFAULT_MODEL = 'm'\n")
+    (package / "cli/good.py").write_text("from pkg.engine.core.errors import x\nfrom pkg import y\n")
+    (package / "cli/bad.py").write_text("def f():\n    from pkg.engine.encoding.models import DEFAULT_MODEL\n")
+    global CLI_ENGINE_IMPORTS
+    kept, CLI_ENGINE_IMPORTS = CLI_ENGINE_IMPORTS, {"pkg.engine.core.errors"}
+    try:
+        found = cli_engine_imports(package)
+    finally:
+        CLI_ENGINE_IMPORTS = kept
+    assert len(found) == 1 and "pkg.cli.bad imports pkg.engine.encoding.models" in found[0]

@@ -26,6 +26,6 @@ CaptionCache = Annotated[Path | None, typer.Option(
 def captioner(model: str | None, llm: str | None, llm_model: str | None, base_url: str | None,
               cache: Path | None):
     """The engine's captioner for these options (None without a caption model)."""
-    from embedrag.engine.llm.captions import make_captioner
+    from embedrag import make_captioner
 
     return make_captioner(model, llm, llm_model=llm_model, base_url=base_url, cache_dir=cache)

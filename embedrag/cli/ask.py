@@ -28,7 +28,7 @@ def _sources_table(answer) -> Table:
 
 
 def _show_passages(answer) -> None:
-    from embedrag.engine.llm.rag import best_sentence
+    from embedrag import best_sentence
 
     for hit in answer.passages:
         text = escape(hit.text)
@@ -154,8 +154,7 @@ def ask(
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Retrieve passages for a question and answer it with an LLM, citing sources."""
-    from embedrag.engine.llm.rag import RAG, make_generator
-    from embedrag.engine.retrieval.store import Retriever
+    from embedrag import RAG, Retriever, make_generator
 
     with console.status("loading..."), loading():
         retriever = Retriever(db, table, model=model, light=True, backend=backend)

@@ -9,9 +9,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from embedrag import DEFAULT_MODEL, DEMO_EPOCHS
 from embedrag.cli._common import console, reports_errors
-from embedrag.engine.encoding.models import DEFAULT_MODEL
-from embedrag.engine.tools.demo import DEMO_EPOCHS
 
 
 @reports_errors
@@ -27,9 +26,8 @@ def demo(
         show_default=False)] = None,
 ) -> None:
     """Evaluate the base model, fine-tune, merge, index, evaluate again and answer a question."""
+    from embedrag import METRICS, format_pvalue, run_demo
     from embedrag.cli.train import _progress_callback
-    from embedrag.engine.evaluation.significance import format_pvalue
-    from embedrag.engine.tools.demo import METRICS, run_demo
 
     def on_stage(name: str, detail: str) -> None:
         console.rule(f"[bold]{escape(name)}[/] [dim]{escape(detail)}[/]", align="left")

@@ -19,8 +19,7 @@ def doctor(
         "--model", "-m", help="Also check that this model resolves offline (repeatable).")] = None,
 ) -> None:
     """Report torch, devices, bitsandbytes, accelerate, lancedb and the models found offline."""
-    from embedrag.engine.encoding.models import DEFAULT_MODEL
-    from embedrag.engine.tools.doctor import diagnose
+    from embedrag import DEFAULT_MODEL, diagnose
 
     with console.status("checking..."):
         checks = diagnose([DEFAULT_MODEL, *(model or [])])

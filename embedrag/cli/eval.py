@@ -9,6 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from embedrag import DEFAULT_MODEL
 from embedrag.cli import _captions as captions
 from embedrag.cli import eval_answers as answers_cli
 from embedrag.cli._common import (
@@ -20,7 +21,6 @@ from embedrag.cli._common import (
     metric_cells,
     reports_errors,
 )
-from embedrag.engine.encoding.models import DEFAULT_MODEL
 
 DEFAULT_TABLE = "ndcg@10,recall@10,mrr@10,map@10,precision@10,hit@5,recall@100"
 # Over each line's own candidates, hit@K is the Top-K accuracy of the ScienceQA report.
@@ -38,11 +38,7 @@ def _parse_ks(value: str) -> list[int]:
 
 def _significance_table(report, metrics: list[str]) -> Table:
     """Each model after the baseline, metric by metric: is the gain more than chance?"""
-    from embedrag.engine.evaluation.significance import (
-        DEFAULT_RESAMPLES,
-        DEFAULT_SEED,
-        format_pvalue,
-    )
+    from embedrag import DEFAULT_RESAMPLES, DEFAULT_SEED, format_pvalue
 
     baseline = report.models[0]
     table = Table(title=f"vs {escape(baseline.name)}, paired over {len(baseline.per_query)} queries "
@@ -131,8 +127,8 @@ def eval_command(
 ) -> None:
     """Evaluate Top-K retrieval (Hit, Recall, Precision, MRR, nDCG and MAP @K, as trec_eval does),
     or with --answers the answers of the RAG loop (accuracy, BLEU, ROUGE, BERTScore, faithfulness)."""
+    from embedrag import check_ks
     from embedrag.engine.core.errors import ConfigError
-    from embedrag.engine.evaluation.metrics import check_ks
 
     if answers is not None:
         report = answers_cli.run_answers(
@@ -147,8 +143,7 @@ def eval_command(
     ks = check_ks(_parse_ks(k))
     if (test_dataset is None) == (beir is None):
         raise ConfigError("pass exactly one of --test-dataset FILE or --beir FOLDER")
-    from embedrag.engine.data.testsets import load_beir_testset, load_jsonl_testset
-    from embedrag.engine.evaluation.evaluate import evaluate
+    from embedrag import evaluate, load_beir_testset, load_jsonl_testset
 
     with console.status("reading the test set..."):
         test_set = load_jsonl_testset(test_dataset) if test_dataset else load_beir_testset(beir, split)
@@ -158,7 +153,7 @@ def eval_command(
     known = {f"{name}@{cut}" for name in ("ndcg", "recall", "precision", "map", "mrr", "hit") for cut in ks}
     shown = [m for m in shown if m in known] or [f"ndcg@{ks[-1] if 10 not in ks else 10}"]
     if db is not None:
-        from embedrag.engine.evaluation.evaluate import evaluate_table
+        from embedrag import evaluate_table
 
         if model and len(model) > 1:
             raise ConfigError("--db evaluates the table's own model: pass at most one --model")
@@ -178,7 +173,7 @@ def eval_command(
 
 def _finish(report, shown: list[str], output: Path | None, per_query: bool, plot: Path | None,
             render=None) -> None:
-    from embedrag.engine.evaluation.evaluate import plot_report
+    from embedrag import plot_report
 
     console.print((render or _table)(report, shown))
     if len(report.models) > 1:

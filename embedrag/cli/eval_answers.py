@@ -61,10 +61,7 @@ def run_answers(answers: Path, models: list[str], *, corpus: Path | None, beir: 
                 bertscore_layer: int | None, judge: str | None, threshold: float, cache_dir: Path | None,
                 cache: bool, precision: str, captioner=None):
     """Load, run and return the :class:`AnswerReport` (the caller renders it)."""
-    from embedrag.engine.data.answer_sets import load_answer_set
-    from embedrag.engine.evaluation.evaluate import ModelSpec
-    from embedrag.engine.llm.answer_eval import evaluate_answers, make_scorers
-    from embedrag.engine.llm.rag import make_generator
+    from embedrag import ModelSpec, evaluate_answers, load_answer_set, make_generator, make_scorers
 
     answer_set = load_answer_set(answers)
     specs = [ModelSpec.parse(m) for m in models]
@@ -74,11 +71,11 @@ def run_answers(answers: Path, models: list[str], *, corpus: Path | None, beir: 
 
         raise ConfigError("give --corpus or --beir, not both")
     if beir is not None:  # BEIR passages (title + text), as retrieval eval embeds them: its cache applies
-        from embedrag.engine.data.testsets import read_beir_corpus
+        from embedrag import read_beir_corpus
 
         documents = read_beir_corpus(beir / "corpus.jsonl")
     elif corpus is not None:
-        from embedrag.engine.data.documents import read_documents
+        from embedrag import read_documents
 
         documents = {d.id: d.text for d in read_documents([corpus], captioner=captioner)}
     with console.status("loading the scorers..."):

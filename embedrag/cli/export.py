@@ -34,8 +34,8 @@ def export(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty output folder.")] = False,
 ) -> None:
     """Export a model to ONNX or OpenVINO (sentence-transformers' backend layout), checked against PyTorch."""
-    from embedrag.engine.tools.export import ExportConfig
-    from embedrag.engine.tools.export import export as run_export
+    from embedrag import ExportConfig
+    from embedrag import export as run_export
 
     config = ExportConfig(format=format, quantize=quantize, calibration=calibration,
                           calibration_texts=calibration_texts, min_cosine=min_cosine)

@@ -10,9 +10,9 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from embedrag import DEFAULT_MODEL
 from embedrag.cli import _captions as captions
 from embedrag.cli._common import PRECISION_HELP, console, err_console, reports_errors
-from embedrag.engine.encoding.models import DEFAULT_MODEL
 
 _WRITER = "Query writer"
 _LLM = "LLM"
@@ -92,10 +92,8 @@ def generate(
 ) -> None:
     """Write training queries for documents (no labelled queries needed), filter them and mine hard
     negatives. Resumable: re-run the same command after an interruption."""
-    from embedrag import ConfigError, GenerateConfig, make_query_writer
+    from embedrag import ConfigError, GenerateConfig, JsonlFields, make_query_writer, parse_range
     from embedrag import generate as run_generate
-    from embedrag.engine.data.documents import JsonlFields
-    from embedrag.engine.mining.mine import parse_range
 
     if output.exists() and not overwrite:
         raise ConfigError(f"--output {output} exists; pass --overwrite to replace it")
@@ -121,7 +119,7 @@ def generate(
         err_console.print(f"[yellow]warning:[/] {result.chunks_failed} chunks failed (first: "
                           f"{escape(result.failures[0])}); re-run the same command to retry them", highlight=False)
     if report:
-        from embedrag.engine.core.atomic import write_json
+        from embedrag import write_json
 
         console.print(f"report: {escape(str(write_json(report, result.to_dict())))}")
 

@@ -10,6 +10,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from embedrag import DEFAULT_MODEL
 from embedrag.cli import _captions as captions
 from embedrag.cli._common import (
     BACKEND_HELP,
@@ -18,7 +19,6 @@ from embedrag.cli._common import (
     console,
     reports_errors,
 )
-from embedrag.engine.encoding.models import DEFAULT_MODEL
 
 
 @reports_errors
@@ -57,9 +57,7 @@ def index(
     caption_cache: captions.CaptionCache = None,
 ) -> None:
     """Chunk documents with the model's tokenizer, embed them and store them in LanceDB."""
-    from embedrag.engine.data.documents import JsonlFields, read_documents
-    from embedrag.engine.encoding.encoder import Encoder
-    from embedrag.engine.retrieval.store import build_index
+    from embedrag import Encoder, JsonlFields, build_index, read_documents
 
     with console.status("reading documents..."):
         captioner = captions.captioner(caption_model, caption_llm, caption_llm_model, caption_llm_base_url,

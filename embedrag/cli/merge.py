@@ -33,7 +33,7 @@ def merge(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty output path.")] = False,
 ) -> None:
     """Merge a LoRA/QLoRA adapter into its base as a standalone model (same vectors everywhere)."""
-    from embedrag.engine.training.merge import merge as run_merge
+    from embedrag import merge as run_merge
 
     with console.status("merging..."):
         result = run_merge(lora_adapter_path, output_path, base_model=base_model_path,

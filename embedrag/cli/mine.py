@@ -9,6 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from embedrag import DEFAULT_MODEL
 from embedrag.cli._common import (
     BACKEND_HELP,
     MAX_BATCH_TOKENS_HELP,
@@ -17,7 +18,6 @@ from embedrag.cli._common import (
     labelled_progress,
     reports_errors,
 )
-from embedrag.engine.encoding.models import DEFAULT_MODEL
 
 _SELECT = "Selection"
 _SOURCE = "Candidates"
@@ -94,9 +94,8 @@ def mine(
 ) -> None:
     """Mine hard negatives: candidates the model ranks high that are not positives, duplicates,
     the query, or too close to a positive's score."""
+    from embedrag import MineConfig, default_cache_dir, parse_range
     from embedrag.engine.core.errors import ConfigError
-    from embedrag.engine.evaluation.evaluate import default_cache_dir
-    from embedrag.engine.mining.mine import MineConfig, parse_range
 
     start, end = parse_range(rank_range)
     config = MineConfig(negatives=negatives, range_start=start, range_end=end, sampling=sampling,
@@ -122,7 +121,7 @@ def mine(
                       precision=precision, max_batch_tokens=max_batch_tokens,
                       cache_dir=(cache_dir or default_cache_dir()) if cache else None, report=report)
         return
-    from embedrag.engine.mining.mine import mine as run_mine
+    from embedrag import mine as run_mine
 
     with labelled_progress() as progress:
         result = run_mine(input, output, model=model, beir=beir, split=split, corpus=corpus, db=db, table=table,
@@ -130,14 +129,13 @@ def mine(
                           progress=progress)
     console.print(_summary(result))
     if report:
-        from embedrag.engine.core.atomic import write_json
+        from embedrag import write_json
 
         console.print(f"report: {escape(str(write_json(report, result.to_dict())))}")
 
 
 def _only_failing(input, output, k, *, report, **options) -> None:
-    from embedrag.engine.core.atomic import write_json
-    from embedrag.engine.mining.mine import only_failing
+    from embedrag import only_failing, write_json
 
     with labelled_progress() as progress:
         result = only_failing(input, output, k=k, progress=progress, **options)

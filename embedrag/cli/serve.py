@@ -51,8 +51,8 @@ def serve(
     backend: Annotated[str, typer.Option("--backend", help=BACKEND_HELP)] = "torch",
 ) -> None:
     """Serve an OpenAI-compatible embeddings API, search and ask (streamed) and a web page."""
-    from embedrag.engine.serve import BatchingConfig, Limits, ServeConfig
-    from embedrag.engine.serve import serve as run_server
+    from embedrag import BatchingConfig, Limits, ServeConfig
+    from embedrag import serve as run_server
 
     config = ServeConfig(
         db=str(db) if db else None, table=table, model=model, model_name=model_name, llm=llm,

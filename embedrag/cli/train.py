@@ -11,8 +11,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from embedrag import DEFAULT_MODEL
 from embedrag.cli._common import console, reports_errors
-from embedrag.engine.encoding.models import DEFAULT_MODEL
 
 _DATA = "Data"
 _MODEL = "Model"
@@ -35,7 +35,7 @@ def _rate_or_model(value: str) -> float | None:
 
 
 def _progress_callback():
-    from embedrag.engine.training.train import TrainCallback
+    from embedrag import TrainCallback
 
     class RichTrainCallback(TrainCallback):
         """A live bar with epoch, step, loss, lr and throughput; validation lines above it."""
@@ -262,7 +262,7 @@ def train(
         "shapes, then exit.")] = False,
 ) -> None:
     """Fine-tune an embedding model contrastively (InfoNCE or margin ranking, hard and in-batch negatives)."""
-    from embedrag.engine.training.train_config import TrainConfig
+    from embedrag import TrainConfig
 
     config = TrainConfig(
         train_datasets=list(train_dataset), output_dir=str(output_dir), model=model,
@@ -288,11 +288,11 @@ def train(
     ).validate()
 
     if num_processes > 1 and not dry_run:
-        from embedrag.engine.training.launch import relaunch
+        from embedrag import relaunch
 
         raise typer.Exit(relaunch(num_processes))
     if dry_run:
-        from embedrag.engine.training.train import dry_run as run_dry
+        from embedrag import dry_run as run_dry
 
         with console.status("loading data and model..."):
             report = run_dry(config)
@@ -305,8 +305,8 @@ def train(
                       "hard negatives per query")
         return
 
-    from embedrag.engine.training.launch import is_main_process, release_process_group
-    from embedrag.engine.training.train import train as run_training
+    from embedrag import is_main_process, release_process_group
+    from embedrag import train as run_training
 
     if not is_main_process():  # one process reports; the others train quietly
         run_training(config)

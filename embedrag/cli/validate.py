@@ -30,7 +30,7 @@ def validate(
     """Check JSONL data against the contract and summarise it.
 
     Exit 0 when every file is valid, 2 with each problem as FILE:LINE: message."""
-    from embedrag.engine.data.examples import validate_files
+    from embedrag import validate_files
 
     results = validate_files(files, max_problems=max_errors)
     all_examples = [e for _, examples in results for e in examples]
@@ -38,7 +38,7 @@ def validate(
         _print_report(report)
     problems = sum(len(r.problems) + r.truncated_problems for r, _ in results)
     if model and all_examples:
-        from embedrag.engine.encoding.validate import token_length_report
+        from embedrag import token_length_report
 
         with console.status(f"tokenizing with {model}..."):
             lengths = token_length_report(all_examples, model, query_max_length=query_max_len,
