@@ -59,3 +59,23 @@ def test_impossible_combination_is_one_line(tmp_path):
     assert result.exit_code == 2
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert lines == ["error: --quantization-bits only applies to --finetune-type qlora, not full"]
+
+
+def test_every_train_option_is_a_trainconfig_field_with_its_default():
+    """Options are declared once, as the command's parameters; TrainConfig's defaults agree."""
+    import dataclasses
+    import inspect
+
+    from embedrag import TrainConfig
+    from embedrag.cli.train import RUN_OPTIONS, config_from_options, train
+
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    parameters = inspect.signature(train).parameters
+    defaults = {name: p.default for name, p in parameters.items() if p.default is not inspect.Parameter.empty}
+    for name, default in defaults.items():
+        if name in RUN_OPTIONS:
+            continue
+        field_default = fields[name].default
+        assert field_default == (float(default) if name == "attention_dropout" else default), name
+    options = {**defaults, "train_dataset": ["train.jsonl"], "output_dir": "out"}
+    assert config_from_options(options) == TrainConfig(train_datasets=["train.jsonl"], output_dir="out").validate()

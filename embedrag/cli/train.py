@@ -34,6 +34,28 @@ def _rate_or_model(value: str) -> float | None:
         raise ConfigError(f"--attention-dropout must be a rate in [0, 1) or 'model', got {value!r}") from None
 
 
+# Options that are not TrainConfig fields (what to run, not how to train).
+RUN_OPTIONS = ("num_processes", "dry_run")
+
+
+def config_from_options(options: dict[str, Any]):
+    """The TrainConfig of the command's options: each option is the field of its name (so a
+    field is declared once, here as an option with its help; a test checks the defaults
+    agree), ``--train-dataset`` fills ``train_datasets``."""
+    from dataclasses import fields
+
+    from embedrag import TrainConfig
+
+    values = {name: value for name, value in options.items() if name not in RUN_OPTIONS}
+    values["train_datasets"] = list(values.pop("train_dataset"))
+    values["output_dir"] = str(values["output_dir"])
+    values["init_from"] = str(values["init_from"]) if values["init_from"] else None
+    values["attention_dropout"] = _rate_or_model(values["attention_dropout"])
+    unknown = set(values) - {f.name for f in fields(TrainConfig)}
+    assert not unknown, f"train options without a TrainConfig field: {sorted(unknown)}"
+    return TrainConfig(**values).validate()
+
+
 def _progress_callback():
     from embedrag import TrainCallback
 
@@ -262,30 +284,7 @@ def train(
         "shapes, then exit.")] = False,
 ) -> None:
     """Fine-tune an embedding model contrastively (InfoNCE or margin ranking, hard and in-batch negatives)."""
-    from embedrag import TrainConfig
-
-    config = TrainConfig(
-        train_datasets=list(train_dataset), output_dir=str(output_dir), model=model,
-        finetune_type=finetune_type, quantization_bits=quantization_bits, eval_dataset=eval_dataset,
-        eval_split=eval_split, auto_validation=auto_validation, eval_corpus=eval_corpus,
-        validation_pool_size=validation_pool_size, final_model=final_model,
-        batch_size=batch_size, mini_batch_size=mini_batch_size, cross_device_negatives=cross_device_negatives,
-        gradient_accumulation_steps=gradient_accumulation_steps, lr=lr,
-        weight_decay=weight_decay, max_grad_norm=max_grad_norm, epochs=epochs, max_steps=max_steps,
-        neg_nums=neg_nums, loss=loss, temperature=temperature, margin=margin,
-        init_from=str(init_from) if init_from else None, in_batch_negatives=in_batch_negatives,
-        query_max_len=query_max_len, passage_max_len=passage_max_len, pooling=pooling,
-        query_instruction=query_instruction, passage_instruction=passage_instruction,
-        lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
-        lora_target_modules=lora_target_modules, qlora_init=qlora_init, attention_dropout=_rate_or_model(attention_dropout),
-        warmup_proportion=warmup_proportion,
-        scheduler=scheduler, save_on_epoch_end=save_on_epoch_end, save_steps=save_steps,
-        save_total_limit=save_total_limit, mixed_precision=mixed_precision,
-        gradient_checkpointing=gradient_checkpointing, eval_steps=eval_steps, eval_on_start=eval_on_start,
-        metric_for_best=metric_for_best, early_stopping_patience=early_stopping_patience,
-        resume_from_checkpoint=resume_from_checkpoint, overwrite_output_dir=overwrite_output_dir,
-        seed=seed,
-    ).validate()
+    config = config_from_options(locals())
 
     if num_processes > 1 and not dry_run:
         from embedrag import relaunch
