@@ -9,7 +9,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Iterator
-from typing import NoReturn
+from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
@@ -27,6 +27,14 @@ BACKEND_HELP = ("What runs the model: torch, or the folder's `embedrag export` (
 MAX_BATCH_TOKENS_HELP = ("Cap each encoding batch at this many padded tokens; lower it if long texts run a GPU "
                          "out of memory. [default: on a CPU a cache-sized budget (2,048 tokens for MiniLM), "
                          "on a GPU no cap]")
+
+# How every encoding command encodes: one declaration of each option.
+NumProcesses = Annotated[int, typer.Option(
+    "--num-processes", min=1, help="Encode in this many worker processes (one per GPU, or CPU processes).")]
+Precision = Annotated[str, typer.Option("--precision", help=PRECISION_HELP)]
+Backend = Annotated[str, typer.Option("--backend", help=BACKEND_HELP)]
+MaxBatchTokens = Annotated[int | None, typer.Option(
+    "--max-batch-tokens", min=1, help=MAX_BATCH_TOKENS_HELP, show_default=False)]
 
 
 @contextlib.contextmanager

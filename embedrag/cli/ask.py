@@ -11,7 +11,13 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from embedrag.cli._common import BACKEND_HELP, console, err_console, loading, reports_errors
+from embedrag.cli._common import (
+    Backend,
+    console,
+    err_console,
+    loading,
+    reports_errors,
+)
 
 HELP = ("/k N  passages to retrieve    /hybrid on|off  vector + full-text    /sources  last sources\n"
         "/help  this text    /quit  leave (also Ctrl-D)")
@@ -150,7 +156,7 @@ def ask(
     model: Annotated[str | None, typer.Option(
         "--model", help="Embedding model (must be the one the table was built with). [default: from the table]",
         show_default=False)] = None,
-    backend: Annotated[str, typer.Option("--backend", help=BACKEND_HELP)] = "torch",
+    backend: Backend = "torch",
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Retrieve passages for a question and answer it with an LLM, citing sources."""

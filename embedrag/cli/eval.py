@@ -13,9 +13,10 @@ from embedrag import DEFAULT_MODEL
 from embedrag.cli import _captions as captions
 from embedrag.cli import eval_answers as answers_cli
 from embedrag.cli._common import (
-    BACKEND_HELP,
-    MAX_BATCH_TOKENS_HELP,
-    PRECISION_HELP,
+    Backend,
+    MaxBatchTokens,
+    NumProcesses,
+    Precision,
     console,
     labelled_progress,
     metric_cells,
@@ -86,13 +87,10 @@ def eval_command(
         help="'all': rank the whole corpus; 'per-query': only each JSONL line's own pos + neg "
         "(hit@1/3/5 = Top-1/3/5 accuracy).")] = "all",
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 64,
-    num_processes: Annotated[int, typer.Option(
-        "--num-processes", min=1, help="Encode in this many worker processes (one per GPU, or CPU processes).")
-    ] = 1,
-    precision: Annotated[str, typer.Option("--precision", help=PRECISION_HELP)] = "auto",
-    backend: Annotated[str, typer.Option("--backend", help=BACKEND_HELP)] = "torch",
-    max_batch_tokens: Annotated[int | None, typer.Option(
-        "--max-batch-tokens", min=1, help=MAX_BATCH_TOKENS_HELP, show_default=False)] = None,
+    num_processes: NumProcesses = 1,
+    precision: Precision = "auto",
+    backend: Backend = "torch",
+    max_batch_tokens: MaxBatchTokens = None,
     max_length: Annotated[int | None, typer.Option(
         "--max-length", min=1, help="Override every model's query/passage token limit.")] = None,
     cache_dir: Annotated[Path | None, typer.Option(

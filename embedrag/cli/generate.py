@@ -12,7 +12,7 @@ from rich.table import Table
 
 from embedrag import DEFAULT_MODEL
 from embedrag.cli import _captions as captions
-from embedrag.cli._common import PRECISION_HELP, console, err_console, reports_errors
+from embedrag.cli._common import Precision, console, err_console, reports_errors
 
 _WRITER = "Query writer"
 _LLM = "LLM"
@@ -76,7 +76,7 @@ def generate(
     rank_range: Annotated[str, typer.Option(
         "--range", help="START-END: negatives come from the model's ranks START to END, as mine's.",
         rich_help_panel=_FILTER)] = "10-100",
-    precision: Annotated[str, typer.Option("--precision", help=PRECISION_HELP)] = "auto",
+    precision: Precision = "auto",
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Encoding batch size.")] = 64,
     glob: Annotated[str, typer.Option(help="Files to take from folders.")] = "**/*",
     text_field: Annotated[str, typer.Option("--text-field", help="JSONL field with the text.")] = "text",

@@ -13,9 +13,10 @@ from rich.table import Table
 from embedrag import DEFAULT_MODEL
 from embedrag.cli import _captions as captions
 from embedrag.cli._common import (
-    BACKEND_HELP,
-    MAX_BATCH_TOKENS_HELP,
-    PRECISION_HELP,
+    Backend,
+    MaxBatchTokens,
+    NumProcesses,
+    Precision,
     console,
     reports_errors,
 )
@@ -43,13 +44,10 @@ def index(
                                           "ivf_hnsw_sq.")] = "auto",
     fts: Annotated[bool, typer.Option("--fts/--no-fts", help="Full-text index for hybrid search.")] = True,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Encoding batch size.")] = 64,
-    num_processes: Annotated[int, typer.Option(
-        "--num-processes", min=1, help="Encode in this many worker processes (one per GPU, or CPU processes).")
-    ] = 1,
-    precision: Annotated[str, typer.Option("--precision", help=PRECISION_HELP)] = "auto",
-    backend: Annotated[str, typer.Option("--backend", help=BACKEND_HELP)] = "torch",
-    max_batch_tokens: Annotated[int | None, typer.Option(
-        "--max-batch-tokens", min=1, help=MAX_BATCH_TOKENS_HELP, show_default=False)] = None,
+    num_processes: NumProcesses = 1,
+    precision: Precision = "auto",
+    backend: Backend = "torch",
+    max_batch_tokens: MaxBatchTokens = None,
     caption_model: captions.CaptionModel = None,
     caption_llm: captions.CaptionLlm = None,
     caption_llm_model: captions.CaptionLlmModel = None,

@@ -11,9 +11,10 @@ from rich.table import Table
 
 from embedrag import DEFAULT_MODEL
 from embedrag.cli._common import (
-    BACKEND_HELP,
-    MAX_BATCH_TOKENS_HELP,
-    PRECISION_HELP,
+    Backend,
+    MaxBatchTokens,
+    NumProcesses,
+    Precision,
     console,
     labelled_progress,
     reports_errors,
@@ -72,13 +73,10 @@ def mine(
         "--with-scores", help="Also write pos_scores / neg_scores (for distillation).")] = False,
     seed: Annotated[int, typer.Option(help="Seed for --sampling random.")] = 42,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Encoding batch size.")] = 64,
-    num_processes: Annotated[int, typer.Option(
-        "--num-processes", min=1, help="Encode in this many worker processes (one per GPU, or CPU processes).")
-    ] = 1,
-    precision: Annotated[str, typer.Option("--precision", help=PRECISION_HELP)] = "auto",
-    backend: Annotated[str, typer.Option("--backend", help=BACKEND_HELP)] = "torch",
-    max_batch_tokens: Annotated[int | None, typer.Option(
-        "--max-batch-tokens", min=1, help=MAX_BATCH_TOKENS_HELP, show_default=False)] = None,
+    num_processes: NumProcesses = 1,
+    precision: Precision = "auto",
+    backend: Backend = "torch",
+    max_batch_tokens: MaxBatchTokens = None,
     cache_dir: Annotated[Path | None, typer.Option(
         "--cache-dir", help="Corpus-embedding cache (shared with eval). [default: ~/.cache/embedrag/embeddings]",
         show_default=False)] = None,

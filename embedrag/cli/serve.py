@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from embedrag.cli._common import BACKEND_HELP, console, reports_errors
+from embedrag.cli._common import Backend, console, reports_errors
 
 
 @reports_errors
@@ -48,7 +48,7 @@ def serve(
     access_log: Annotated[bool, typer.Option("--access-log/--no-access-log", help="Log every request.")] = True,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1, mps. [default: best available]",
                                                show_default=False)] = None,
-    backend: Annotated[str, typer.Option("--backend", help=BACKEND_HELP)] = "torch",
+    backend: Backend = "torch",
 ) -> None:
     """Serve an OpenAI-compatible embeddings API, search and ask (streamed) and a web page."""
     from embedrag import BatchingConfig, Limits, ServeConfig
