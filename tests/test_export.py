@@ -129,6 +129,18 @@ def test_minilm_int8_exports_stay_within_the_documented_floor(minilm_path, tmp_p
     reference = Encoder.load(minilm_path, device="cpu").encode(TEXTS[:4])
     got = Encoder.load(tmp_path / "minilm", backend="openvino").encode(TEXTS[:4], precision="fp32")
     assert float((got * reference).sum(1).min()) > 0.95
+    import openvino as ov  # the file alone, in OpenVINO: the same vectors as embedrag's backend
+
+    core = ov.Core()
+    compiled = core.compile_model(core.read_model(str(tmp_path / "minilm" / "openvino" / "openvino_model_qint8.xml")),
+                                  "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    encoder = Encoder.load(minilm_path, device="cpu")
+    feed = _feed(encoder, TEXTS[:4])
+    hidden = next(iter(compiled(feed).values()))
+    mask = feed["attention_mask"][..., None]
+    pooled = (hidden * mask).sum(1) / mask.sum(1)
+    pooled /= np.linalg.norm(pooled, axis=1, keepdims=True)
+    assert np.abs(pooled - got).max() < 1e-3
 
 
 def test_index_with_one_backend_search_with_another_by_the_documented_rule(tiny_bert, bert_export, tmp_path):
