@@ -266,9 +266,9 @@ def _raise(exc):
 def test_training_out_of_memory_says_what_to_lower(monkeypatch, tmp_path):
     import torch
 
-    import embedrag.engine.training.train as engine_train
+    import embedrag  # the command calls the public name
 
-    monkeypatch.setattr(engine_train, "train", _raise(torch.OutOfMemoryError(
+    monkeypatch.setattr(embedrag, "train", _raise(torch.OutOfMemoryError(
         "CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has a total capacity of 79.1 GiB")))
     data = _jsonl(tmp_path / "d.jsonl", [GOOD] * 4)
     error = _one_error_line(_invoke(["train", "--train-dataset", str(data), "--output-dir", str(tmp_path / "o")]))
