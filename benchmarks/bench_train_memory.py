@@ -25,25 +25,33 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 
-def build_decoder(folder: Path, layers: int, hidden: int, vocab: int) -> int:
-    import torch
+def save_byte_tokenizer(folder: Path) -> int:
+    """A byte-level BPE tokenizer without merges (one token per byte, plus an end token),
+    for decoders built from a config; returns the end token's id."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from tokenizers.pre_tokenizers import ByteLevel
-    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+    from transformers import PreTrainedTokenizerFast
 
-    alphabet = sorted(ByteLevel.alphabet())
-    tokens = {ch: i for i, ch in enumerate(alphabet)}
+    tokens = {ch: i for i, ch in enumerate(sorted(ByteLevel.alphabet()))}
     tokens["<|endoftext|>"] = len(tokens)
     tok = Tokenizer(models.BPE(vocab=tokens, merges=[]))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>",
                             model_max_length=512).save_pretrained(folder)
+    return tokens["<|endoftext|>"]
+
+
+def build_decoder(folder: Path, layers: int, hidden: int, vocab: int) -> int:
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    eos = save_byte_tokenizer(folder)
     torch.manual_seed(0)
     config = Qwen2Config(vocab_size=vocab, hidden_size=hidden, intermediate_size=hidden * 8 // 3,
                          num_hidden_layers=layers, num_attention_heads=hidden // 64,
                          num_key_value_heads=max(1, hidden // 256), max_position_embeddings=512,
-                         eos_token_id=len(tokens) - 1, tie_word_embeddings=True)
+                         eos_token_id=eos, tie_word_embeddings=True)
     model = Qwen2ForCausalLM(config)
     model.save_pretrained(folder)
     return sum(p.numel() for p in model.model.parameters())

@@ -288,23 +288,16 @@ def build_decoder(target: Path, shape: DecoderShape, device: str) -> None:
     Initialised on ``device``: 494M random weights take seconds on a GPU, a minute on a
     small CPU."""
     import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from tokenizers.pre_tokenizers import ByteLevel
-    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+    from bench_train_memory import save_byte_tokenizer  # beside this script
+    from transformers import Qwen2Config, Qwen2ForCausalLM
 
     def write(staging: Path) -> None:
-        tokens = {ch: i for i, ch in enumerate(sorted(ByteLevel.alphabet()))}
-        tokens["<|endoftext|>"] = len(tokens)
-        tok = Tokenizer(models.BPE(vocab=tokens, merges=[]))
-        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-        tok.decoder = decoders.ByteLevel()
-        PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>",
-                                model_max_length=512).save_pretrained(staging)
+        eos = save_byte_tokenizer(staging)
         torch.manual_seed(0)
-        config = Qwen2Config(vocab_size=shape.vocab or len(tokens), hidden_size=shape.hidden,
+        config = Qwen2Config(vocab_size=shape.vocab or eos + 1, hidden_size=shape.hidden,
                              intermediate_size=shape.intermediate, num_hidden_layers=shape.layers,
                              num_attention_heads=shape.heads, num_key_value_heads=shape.kv_heads,
-                             max_position_embeddings=512, eos_token_id=len(tokens) - 1,
+                             max_position_embeddings=512, eos_token_id=eos,
                              tie_word_embeddings=True)
         with torch.device(device):
             model = Qwen2ForCausalLM(config)
