@@ -34,7 +34,7 @@ ROWS = {
     "ST torch fp32": ("st", "torch", {}),
     "ST torch bf16": ("st", "torch", {"dtype": "bf16"}),
     "ST onnx": ("st", "onnx", {"file": "onnx/model.onnx"}),
-    "ST onnx qint8": ("st", "onnx", {"file": "onnx/model_qint8_{isa}.onnx"}),
+    "ST onnx qint8": ("st", "onnx", {"file": "{onnx_int8}"}),
     "ST openvino": ("st", "openvino", {"file": "openvino/openvino_model.xml"}),
     "ST openvino f32": ("st", "openvino", {"file": "openvino/openvino_model.xml",
                                            "ov_config": {"INFERENCE_PRECISION_HINT": "f32"}}),
@@ -42,6 +42,11 @@ ROWS = {
     "fastembed": ("fastembed", "onnx", {"file": "onnx/model.onnx"}),
 }
 CALIBRATION_SAMPLES = 300
+# What export_dynamic_quantized_onnx_model names its file for each CPU config (its suffix is
+# the weights' dtype and the config: the avx2 config quantizes weights to uint8).
+ONNX_INT8_FILES = {"avx512_vnni": "onnx/model_qint8_avx512_vnni.onnx",
+                   "avx512": "onnx/model_qint8_avx512.onnx", "avx2": "onnx/model_quint8_avx2.onnx",
+                   "arm64": "onnx/model_qint8_arm64.onnx"}
 
 STATE: dict = {"rows": {}, "vectors": {}}
 
@@ -69,6 +74,7 @@ def setup(request: dict) -> dict:
 
     STATE.update({k: request[k] for k in ("model", "work", "calibration", "max_length",
                                           "batch_size", "threads", "isa")})
+    STATE["forced_avx2"] = bool(request.get("forced_avx2"))
     STATE["vectors_dir"] = request["vectors"]
     STATE["texts"] = json.loads(Path(request["texts"]).read_text())
     torch.set_num_threads(int(request["threads"]))
@@ -102,7 +108,7 @@ def export_all(again: bool) -> tuple[dict, dict]:
     steps = [
         ("onnx", "onnx/model.onnx",
          lambda: _st(STATE["model"], backend="onnx").save_pretrained(str(out))),
-        ("onnx qint8", f"onnx/model_qint8_{STATE['isa']}.onnx",
+        ("onnx qint8", ONNX_INT8_FILES[STATE["isa"]],
          lambda: export_dynamic_quantized_onnx_model(
              _st(str(out), backend="onnx", model_kwargs={"file_name": "onnx/model.onnx"}),
              STATE["isa"], str(out))),
@@ -144,16 +150,17 @@ def _static_openvino() -> None:
 
 def _fastembed_folder() -> Path:
     """fastembed's view of the same model: the tokenizer files and optimum's ONNX graph,
-    with ``model_max_length`` set to the benchmark's max length (fastembed truncates at
-    tokenizer_config's ``model_max_length``, 512 for this model, where sentence-transformers
-    stops at 256)."""
+    with ``model_max_length`` and ``max_length`` set to the benchmark's max length (fastembed
+    truncates at the smaller of the two in tokenizer_config.json: 128 in the folder
+    sentence-transformers saves for this model, whose ``max_seq_length`` is 256)."""
     src, folder = _export_dir(), Path(STATE["work"]) / "fastembed-model"
     (folder / "onnx").mkdir(parents=True, exist_ok=True)
     for name in ("config.json", "tokenizer.json", "special_tokens_map.json", "vocab.txt"):
         if (src / name).is_file():
             shutil.copyfile(src / name, folder / name)
     config = json.loads((src / "tokenizer_config.json").read_text())
-    config["model_max_length"] = int(STATE["max_length"])
+    STATE["fastembed_tokenizer_config"] = {k: config.get(k) for k in ("model_max_length", "max_length")}
+    config["model_max_length"] = config["max_length"] = int(STATE["max_length"])
     (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
     target = folder / "onnx" / "model.onnx"
     if (src / "onnx" / "model.onnx").is_file() and not target.exists():
@@ -172,11 +179,15 @@ class StRow:
         self.info: dict = {"backend": backend}
         if backend != "torch":
             path = str(_export_dir())
-            model_kwargs["file_name"] = options["file"].format(isa=STATE["isa"])
+            model_kwargs["file_name"] = options["file"].format(onnx_int8=ONNX_INT8_FILES[STATE["isa"]])
             if backend == "onnx":
                 model_kwargs["provider"] = "CPUExecutionProvider"
             if "ov_config" in options:
                 model_kwargs["ov_config"] = dict(options["ov_config"])
+            if backend == "openvino" and STATE.get("forced_avx2"):
+                # OpenVINO keeps bf16 as its default hint under ONEDNN_MAX_CPU_ISA=AVX2 but
+                # then finds no kernel for it (compile fails); an AVX2-only CPU defaults to f32.
+                model_kwargs.setdefault("ov_config", {})["INFERENCE_PRECISION_HINT"] = "f32"
             self.info["file"] = model_kwargs["file_name"]
             kwargs = {"backend": backend, "model_kwargs": model_kwargs}
         self.model = _st(path, **kwargs)
@@ -235,7 +246,8 @@ class FastembedRow:
                                    threads=int(STATE["threads"]),
                                    providers=["CPUExecutionProvider"], local_files_only=True)
         self.info = {"backend": "onnx", "file": f"{folder.name}/{options['file']}",
-                     "max_length": int(STATE["max_length"]), "threads": int(STATE["threads"])}
+                     "max_length": int(STATE["max_length"]), "threads": int(STATE["threads"]),
+                     "tokenizer_config_as_saved": STATE.get("fastembed_tokenizer_config")}
 
     def encode(self, texts: list[str]):
         import numpy as np

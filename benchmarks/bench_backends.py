@@ -23,7 +23,7 @@ batch per thread) and fastembed; OpenVINO at each library's hint (sentence-trans
 ``LATENCY``, one stream; embedrag: ``THROUGHPUT``, one stream per core).
 
 Exports (cached in ``--workdir``, ``--re-export`` redoes them): embedrag's with
-``embedrag.engine.export.export`` (ONNX, ONNX Runtime dynamic int8, OpenVINO, NNCF static int8);
+``embedrag.engine.tools.export.export`` (ONNX, ONNX Runtime dynamic int8, OpenVINO, NNCF static int8);
 sentence-transformers' with its own functions (``save_pretrained`` after loading with
 ``backend="onnx"/"openvino"``, ``export_dynamic_quantized_onnx_model`` with the config of this
 CPU, ``avx512_vnni`` or ``avx2``, and ``export_static_quantized_openvino_model``). Static int8
@@ -46,7 +46,9 @@ ranked with embedrag's ``exact_search`` / ``run_from_topk`` / ``evaluate_run``, 
 ``bench_encode.py --quality`` does (full corpus only).
 
 Goal (issue 25): embedrag's fastest row >= 1.0x sentence-transformers' fastest backend, with
-nDCG@10 within 0.3 % (relative) of embedrag torch fp32. Writes
+nDCG@10 within 0.3 % (relative) of embedrag torch fp32, read as at most 0.3 % below it (the
+table shows the signed difference: int8 rows can land above fp32). Also reported: the fastest
+embedrag row that meets the quality bar, against the same. Writes
 ``benchmarks/results/bench_backends.json`` (``bench_backends_avx2.json`` with ``--isa avx2``).
 """
 
@@ -77,9 +79,12 @@ BASELINE = "ST torch fp32"
 REFERENCE = "embedrag torch fp32"
 GOAL_SPEEDUP = 1.0
 GOAL_NDCG_RELATIVE = 0.003
-# Forces torch (ATen kernels, oneDNN, MKL) onto its AVX2 code path. ONNX Runtime has no such
-# switch (MLAS picks its kernels from cpuid); OpenVINO's CPU plugin ignores these too (it
-# still reports BF16 among its capabilities and defaults to bf16; checked on this CPU).
+# Forces torch (ATen kernels, oneDNN, MKL) onto its AVX2 code path. OpenVINO's CPU plugin
+# honours ONEDNN_MAX_CPU_ISA for its kernels (fp32 ran 1.4x slower under it here) but still
+# reports BF16 and defaults to the bf16 hint, whose compile then fails: the peer's OpenVINO rows
+# get the f32 hint in this mode (what an AVX2-only CPU defaults to); embedrag's "auto" resolves
+# to fp32 there. ONNX Runtime has no such switch (MLAS picks its kernels from cpuid), so its
+# rows keep their AVX-512/VNNI kernels.
 AVX2_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2",
             "DNNL_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
 
@@ -201,7 +206,7 @@ class EmbedragRow:
     own_process = True
 
     def __init__(self, name: str, folder: Path, texts: list[str], args):
-        from embedrag.engine.encoder import Encoder
+        from embedrag.engine.encoding.encoder import Encoder
 
         self.name, self.texts, self.args = name, texts, args
         self.backend, self.precision, _ = EMBEDRAG_ROWS[name]
@@ -244,10 +249,10 @@ class EmbedragRow:
 def calibration_sample(data: Path, size: int, seed: int, folder: Path) -> Path:
     """``size`` corpus passages drawn at random, as a JSONL with a ``text`` field (what
     ``embedrag export --calibration`` reads, and a local dataset for ``datasets``)."""
-    from embedrag.engine.testsets import read_beir_corpus
+    from embedrag.engine.data.testsets import read_beir_corpus
 
     texts = list(read_beir_corpus(data / "corpus.jsonl").values())
-    sample = random.Random(seed).sample(range(len(texts)), size)
+    sample = random.Random(seed).sample(range(len(texts)), min(size, len(texts)))
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "corpus_sample.jsonl"
     content = "".join(json.dumps({"id": i, "text": texts[i]}) + "\n" for i in sample)
@@ -262,7 +267,7 @@ def embedrag_exports(model: Path, work: Path, calibration: Path, again: bool) ->
     exported is kept unless ``again``."""
     import shutil
 
-    from embedrag.engine.export import ExportConfig, export
+    from embedrag.engine.tools.export import ExportConfig, export
 
     folders = {"main": work / "embedrag-export", "probes": work / "embedrag-export-probes"}
     if again:
@@ -325,7 +330,8 @@ def fmt(value, spec: str, empty: str = "-") -> str:
 
 def markdown_table(rows: dict, quality: bool) -> str:
     head = ["configuration", "passages/s", "vs ST fp32", "max abs diff vs ST fp32",
-            "min cos vs ST fp32", *(["nDCG@10"] if quality else []), "seconds", "cpu use",
+            "min cos vs ST fp32", *(["nDCG@10", "vs embedrag fp32"] if quality else []), "seconds",
+            "cpu use",
             "others"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, row in rows.items():
@@ -334,7 +340,8 @@ def markdown_table(rows: dict, quality: bool) -> str:
             continue
         cells = [name, f"{row['passages_per_s']:.2f}", fmt(row.get("vs_st_fp32"), ".2f") + "x",
                  fmt(row.get("max_abs_diff_vs_st"), ".1e"), fmt(row.get("min_cosine_vs_st"), ".5f"),
-                 *([fmt(row.get("ndcg@10"), ".4f")] if quality else []), f"{row['seconds']:.1f}",
+                 *([fmt(row.get("ndcg@10"), ".4f"), fmt(row.get("ndcg_vs_fp32"), "+.2%")]
+                   if quality else []), f"{row['seconds']:.1f}",
                  f"{statistics.median(row['cpu_use']):.0%}", f"{row['others_cores']:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -380,8 +387,8 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from embedrag.engine.models import resolve_model
-    from embedrag.engine.testsets import load_beir_testset, read_beir_corpus
+    from embedrag.engine.data.testsets import load_beir_testset, read_beir_corpus
+    from embedrag.engine.encoding.models import resolve_model
 
     torch.set_num_threads(args.threads)
     machine = cpu_info()
@@ -453,7 +460,7 @@ def main() -> None:
     setup = {"op": "setup", "model": str(model), "work": str(work), "calibration":
              str(calibration.parent), "max_length": args.max_length, "batch_size": args.batch_size,
              "threads": args.threads, "isa": isa_config, "vectors": str(vectors_dir),
-             "texts": str(texts_file), "re_export": args.re_export,
+             "texts": str(texts_file), "re_export": args.re_export, "forced_avx2": args.isa == "avx2",
              "export": peer_python is not None and any(n in _st_peer.ROWS for n in names)}
     peer.send(setup)
     folders, embedrag_export_info = embedrag_exports(model, work, calibration, args.re_export)
@@ -545,6 +552,10 @@ def main() -> None:
             row["mean_cosine_vs_st"] = float(cos.mean())
         if quality and query_vectors.get(name) is not None:
             row["ndcg@10"] = ndcg_at_10(test_set, query_vectors[name], vectors[name])
+    reference = results.get(REFERENCE, {}).get("ndcg@10")
+    for row in results.values():
+        if reference and row.get("ndcg@10") is not None:
+            row["ndcg_vs_fp32"] = (row["ndcg@10"] - reference) / reference
     ordered = {n: results[n] for n in ALL_ROWS if n in results}
 
     # Goals.
@@ -558,11 +569,10 @@ def main() -> None:
         return max(group, key=lambda n: group[n]["passages_per_s"]) if group else None
 
     def within(name: str) -> bool | None:
-        ref = ok.get(REFERENCE, {}).get("ndcg@10")
-        value = ok[name].get("ndcg@10")
-        if ref is None or value is None:
-            return None
-        return abs(value - ref) / ref <= GOAL_NDCG_RELATIVE
+        """nDCG@10 at most 0.3 % (relative) below embedrag torch fp32's; a gain counts as
+        within (the JSON keeps the signed difference, ``ndcg_vs_fp32``)."""
+        delta = ok[name].get("ndcg_vs_fp32")
+        return None if delta is None else delta >= -GOAL_NDCG_RELATIVE
 
     best_st, best_peer, best_ours = fastest(st_rows), fastest(peers), fastest(ours)
     good = {n: r for n, r in ours.items() if within(n)}
@@ -579,7 +589,7 @@ def main() -> None:
         summary["fastest embedrag / fastest sentence-transformers"] = speed
         goals[f"fastest embedrag ({best_ours}) >= 1.0x fastest ST ({best_st})"] = speed >= GOAL_SPEEDUP
         if within(best_ours) is not None:
-            goals[f"{best_ours} nDCG@10 within 0.3% of {REFERENCE}"] = within(best_ours)
+            goals[f"{best_ours} nDCG@10 at most 0.3% below {REFERENCE}"] = within(best_ours)
     if best_st and best_good:
         speed = ok[best_good]["passages_per_s"] / ok[best_st]["passages_per_s"]
         summary["fastest embedrag within 0.3% / fastest sentence-transformers"] = speed
