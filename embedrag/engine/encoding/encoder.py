@@ -359,7 +359,6 @@ class Encoder:
         torch threads (``None``: :func:`default_batch_workers`, one per thread; ``1``: one
         batch at a time on all of them; see :func:`run_batches_in_threads`)."""
         import numpy as np
-        import torch
 
         if batch_size <= 0:
             raise ConfigError(f"batch size must be positive, got {batch_size}")
@@ -384,50 +383,8 @@ class Encoder:
                                        precision=precision, progress=progress,
                                        max_batch_tokens=max_batch_tokens)
         ids = self.tokenize(texts, kind)["input_ids"]
-        order = sorted(range(total), key=lambda i: -len(ids[i]))
-        if max_batch_tokens is None:
-            max_batch_tokens = default_batch_tokens(self.model.config, self.device)
-        device_type = torch.device(self.device).type
-        autocast_dtype = None if self.exported else {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-        if autocast_dtype is not None and device_type == "cpu":
-            _warn_without_native_half_precision(precision)
-        spans = length_sorted_batches([len(ids[i]) for i in order], batch_size, max_batch_tokens)
-
-        def inference():
-            stack = contextlib.ExitStack()
-            stack.enter_context(torch.inference_mode())
-            stack.enter_context(torch.autocast(device_type=device_type, dtype=autocast_dtype or torch.float32,
-                                               enabled=autocast_dtype is not None))
-            return stack
-
-        def run(start: int, stop: int) -> None:
-            rows = order[start:stop]
-            out[rows] = self.embed(self.pad([ids[i] for i in rows])).float().cpu().numpy()
-
-        done = 0
-
-        def finished(start: int, stop: int) -> None:
-            nonlocal done
-            done += stop - start
-            if progress is not None:
-                progress(done, total)
-
-        # bitsandbytes' CPU kernels may rewrite a quantized model's weights during a forward.
-        threaded = device_type == "cpu" and not getattr(self.model, "is_quantized", False)
-        workers = min(len(spans), batch_workers or default_batch_workers(torch.get_num_threads())) if threaded else 1
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            if workers > 1:
-                run_batches_in_threads(spans, run, finished, workers=workers, context=inference)
-            else:
-                with inference():
-                    for start, stop in spans:
-                        run(start, stop)
-                        finished(start, stop)
-        finally:
-            self.model.train(was_training)
-        return out
+        return _embed_token_ids(self, ids, out, precision=precision, batch_size=batch_size,
+                                max_batch_tokens=max_batch_tokens, batch_workers=batch_workers, progress=progress)
 
     def encode_queries(self, texts: Sequence[str], **kwargs) -> np.ndarray:
         return self.encode(texts, "query", **kwargs)
@@ -449,27 +406,7 @@ class Encoder:
 
     def write_files(self, folder: Path, *, weights: bool = True) -> None:
         """Write everything into an existing folder (no atomicity: see :meth:`save`)."""
-        if self.exported and weights:
-            raise ConfigError(f"a model loaded with --backend {self.backend} cannot be saved; "
-                              "save or export the PyTorch model")
-        with quiet_transformers():
-            if weights:
-                self.model.save_pretrained(folder, safe_serialization=True)
-            self.tokenizer.save_pretrained(folder)
-        self.config.dimension = self.dimension
-        write_st_files(
-            folder,
-            dimension=self.dimension,
-            pooling=self.config.pooling,
-            normalize=self.config.normalize,
-            max_seq_length=self.config.passage_max_length,
-            query_prompt=self.config.query_instruction,
-            passage_prompt=self.config.passage_instruction,
-            versions=_versions(),
-        )
-        from embedrag.engine.core.atomic import write_json
-
-        write_json(folder / EMBEDRAG_CONFIG, self.config.to_dict())
+        _write_model_files(self, folder, weights=weights)
 
     def __repr__(self) -> str:
         c = self.config
@@ -564,6 +501,87 @@ def length_sorted_batches(lengths: Sequence[int], batch_size: int,
         spans.append((start, stop))
         start = stop
     return spans
+
+
+
+
+def _write_model_files(encoder: Encoder, folder: Path, *, weights: bool) -> None:
+    """The weights (unless not ``weights``), tokenizer, sentence-transformers files and ``embedrag.json``."""
+    if encoder.exported and weights:
+        raise ConfigError(f"a model loaded with --backend {encoder.backend} cannot be saved; "
+                          "save or export the PyTorch model")
+    with quiet_transformers():
+        if weights:
+            encoder.model.save_pretrained(folder, safe_serialization=True)
+        encoder.tokenizer.save_pretrained(folder)
+    encoder.config.dimension = encoder.dimension
+    write_st_files(
+        folder,
+        dimension=encoder.dimension,
+        pooling=encoder.config.pooling,
+        normalize=encoder.config.normalize,
+        max_seq_length=encoder.config.passage_max_length,
+        query_prompt=encoder.config.query_instruction,
+        passage_prompt=encoder.config.passage_instruction,
+        versions=_versions(),
+    )
+    from embedrag.engine.core.atomic import write_json
+
+    write_json(folder / EMBEDRAG_CONFIG, encoder.config.to_dict())
+
+
+def _embed_token_ids(encoder: Encoder, ids: list[list[int]], out: np.ndarray, *, precision: str, batch_size: int,
+                     max_batch_tokens: int | None, batch_workers: int | None,
+                     progress: Callable[[int, int], None] | None) -> np.ndarray:
+    """Fill ``out`` with the embeddings of tokenized texts: longest first, in batches of at
+    most ``batch_size`` texts and ``max_batch_tokens`` padded tokens, on CPU threads."""
+    import torch
+
+    total = len(ids)
+    order = sorted(range(total), key=lambda i: -len(ids[i]))
+    if max_batch_tokens is None:
+        max_batch_tokens = default_batch_tokens(encoder.model.config, encoder.device)
+    device_type = torch.device(encoder.device).type
+    autocast_dtype = None if encoder.exported else {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    if autocast_dtype is not None and device_type == "cpu":
+        _warn_without_native_half_precision(precision)
+    spans = length_sorted_batches([len(ids[i]) for i in order], batch_size, max_batch_tokens)
+
+    def inference():
+        stack = contextlib.ExitStack()
+        stack.enter_context(torch.inference_mode())
+        stack.enter_context(torch.autocast(device_type=device_type, dtype=autocast_dtype or torch.float32,
+                                           enabled=autocast_dtype is not None))
+        return stack
+
+    def run(start: int, stop: int) -> None:
+        rows = order[start:stop]
+        out[rows] = encoder.embed(encoder.pad([ids[i] for i in rows])).float().cpu().numpy()
+
+    done = 0
+
+    def finished(start: int, stop: int) -> None:
+        nonlocal done
+        done += stop - start
+        if progress is not None:
+            progress(done, total)
+
+    # bitsandbytes' CPU kernels may rewrite a quantized model's weights during a forward.
+    threaded = device_type == "cpu" and not getattr(encoder.model, "is_quantized", False)
+    workers = min(len(spans), batch_workers or default_batch_workers(torch.get_num_threads())) if threaded else 1
+    was_training = encoder.model.training
+    encoder.model.eval()
+    try:
+        if workers > 1:
+            run_batches_in_threads(spans, run, finished, workers=workers, context=inference)
+        else:
+            with inference():
+                for start, stop in spans:
+                    run(start, stop)
+                    finished(start, stop)
+    finally:
+        encoder.model.train(was_training)
+    return out
 
 
 def run_batches_in_threads(spans: Sequence[tuple[int, int]], run: Callable[[int, int], None],

@@ -68,7 +68,7 @@ def parse_range(value: str) -> tuple[int, int]:
 
 @dataclass
 class MineConfig:
-    """How candidates are found and which become negatives; see DESIGN.md (mine)."""
+    """How candidates are found and which become negatives; see docs/commands/mine.md."""
 
     negatives: int = 7
     range_start: int = 10

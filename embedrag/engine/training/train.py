@@ -2,7 +2,7 @@
 
 ``train(TrainConfig(...), callback)`` loads and checks the data (before any model),
 loads the model for the fine-tune type, trains with AdamW and a warmup schedule,
-validates, checkpoints (exactly resumable) and writes the output layout of DESIGN.md.
+validates, checkpoints (exactly resumable) and writes the output layout of docs/commands/train.md.
 Only the main process writes files; progress goes to a :class:`TrainCallback`.
 """
 

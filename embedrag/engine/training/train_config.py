@@ -66,7 +66,7 @@ class DatasetSpec:
 
 @dataclass
 class TrainConfig:
-    """Options of a fine-tuning run; see DESIGN.md (train) for their meaning."""
+    """Options of a fine-tuning run; see docs/commands/train.md for their meaning."""
 
     train_datasets: list[str] = field(default_factory=list)
     output_dir: str = ""
