@@ -5,7 +5,7 @@ N closed-loop clients with 10 % bad requests mixed in, dynamic batching on again
     .venv/bin/python benchmarks/bench_serve.py [--clients 16,32] [--seconds 60]
         [--endpoints search,embeddings] [--work-dir /tmp/bench_serve] [--chunk-size 96]
         [--infinity /tmp/infinity/venv/bin/infinity_emb | --skip-infinity] [--wait-quiet 120]
-        [--tcp-nodelay] [--server-env OMP_NUM_THREADS=1]
+        [--tcp-nodelay] [--server-env OMP_NUM_THREADS=1] [--server-arg=--no-memory-search]
     .venv/bin/python benchmarks/bench_serve.py --seconds 5 --clients 4      # smoke (~2 min)
 
 Table: SciFact ``corpus.jsonl`` (5,183 docs) indexed with ``embedrag index --chunk-size
@@ -91,6 +91,7 @@ INFINITY_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "DO_NOT_TRAC
 INFINITY_ARGS = ("--served-model-name", SERVED_NAME, "--engine", "torch", "--device", "cpu", "--dtype", "float32",
                  "--batch-size", "32", "--no-bettertransformer", "--no-compile", "--no-vector-disk-cache")
 SERVER_ENV: dict[str, str] = {}  # --server-env
+SERVER_ARGS: list[str] = []  # --server-arg
 GOAL_SEARCH_P50_MS = 30.0
 GOAL_VS_INFINITY = 1.0
 GOAL_EQUAL_MAX_DIFF = 1e-5
@@ -332,9 +333,10 @@ def start_embedrag(db: Path, work: Path, batching: bool, tcp_nodelay: bool = Fal
                "--max-input-tokens", str(MAX_INPUT_TOKENS)]
     if not batching:
         command.append("--no-batching")
+    command += SERVER_ARGS
     env = {**os.environ, "LANCEDB_LOG": "error", "COLUMNS": "200", **SERVER_ENV}
     tag = "on" if batching else "off"
-    extra = ", nodelay" if tcp_nodelay else ""
+    extra = (", nodelay" if tcp_nodelay else "") + "".join(f", {arg.lstrip('-')}" for arg in SERVER_ARGS)
     return Server(f"embedrag (batching {tag}{extra})", command, env, f"http://127.0.0.1:{port}", "/health",
                   work / f"serve-batching-{tag}{'-nodelay' if tcp_nodelay else ''}.log")
 
@@ -494,6 +496,8 @@ def main() -> None:
     parser.add_argument("--server-env", action="append", default=[], metavar="KEY=VALUE",
                         help="an environment variable for every server started (embedrag and infinity; "
                              "repeatable), e.g. OMP_NUM_THREADS=1")
+    parser.add_argument("--server-arg", action="append", default=[], metavar="ARG",
+                        help="one more `embedrag serve` argument, e.g. --server-arg=--no-memory-search")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", type=Path, default=HERE / "results" / "bench_serve.json")
     args = parser.parse_args()
@@ -506,6 +510,7 @@ def main() -> None:
     if not all("=" in item for item in args.server_env):
         parser.error("--server-env takes KEY=VALUE")
     SERVER_ENV.update(item.split("=", 1) for item in args.server_env)
+    SERVER_ARGS.extend(args.server_arg)
 
     flags = set()
     for line in Path("/proc/cpuinfo").read_text().splitlines():

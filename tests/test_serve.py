@@ -233,6 +233,7 @@ def test_models_and_health(server):
     assert status == 200 and body["data"][0]["id"] == state.model_name
     status, body, _ = request(f"{url}/health")
     assert body["status"] == "ok" and body["rows"] == len(TEXTS)
+    assert body["search"] == "memory"  # a small flat table is searched from memory (test_memory_search)
 
 
 def test_sigterm_lets_the_answer_in_flight_finish(food_db):

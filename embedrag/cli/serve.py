@@ -42,6 +42,9 @@ def serve(
                                                  help="How long a request waits for others to join its batch.")
                              ] = 2.0,
     max_batch_texts: Annotated[int, typer.Option("--max-batch-texts", min=1, help="Texts per batch at most.")] = 256,
+    memory_search: Annotated[bool, typer.Option(
+        "--memory-search/--no-memory-search", help="Hold a table without an ANN index (up to 200,000 rows) in "
+        "memory and search it exactly there, not by a LanceDB scan per query.")] = True,
     max_body_mb: Annotated[float, typer.Option("--max-body-mb", min=0.001, help="Request body limit (MiB).")] = 8.0,
     max_inputs: Annotated[int, typer.Option("--max-inputs", min=1, help="Inputs per embeddings request.")] = 2048,
     max_input_tokens: Annotated[int, typer.Option("--max-input-tokens", min=1, help="Tokens per input.")] = 8192,
@@ -58,7 +61,7 @@ def serve(
         db=str(db) if db else None, table=table, model=model, model_name=model_name, llm=llm,
         llm_base_url=llm_base_url, llm_model=llm_model, max_new_tokens=max_new_tokens, host=host, port=port,
         api_key=api_key, no_auth=no_auth, report=str(report) if report else None, device=device, backend=backend,
-        limits=Limits(max_body_bytes=int(max_body_mb * 1024 * 1024), max_inputs=max_inputs,
+        memory_search=memory_search, limits=Limits(max_body_bytes=int(max_body_mb * 1024 * 1024), max_inputs=max_inputs,
                       max_input_tokens=max_input_tokens),
         batching=BatchingConfig(enabled=batching, max_wait_ms=batch_wait_ms, max_texts=max_batch_texts))
 

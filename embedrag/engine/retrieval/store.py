@@ -14,16 +14,20 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from embedrag.engine.core.errors import ConfigError, EmbedragError
 from embedrag.engine.encoding.models import DEFAULT_MODEL
+from embedrag.engine.retrieval.hits import COLUMNS as _COLUMNS
+from embedrag.engine.retrieval.hits import Hit, filter_clause, quote_sql
+from embedrag.engine.retrieval.hits import hit_from_row as _hit
 
 if TYPE_CHECKING:
     from embedrag.engine.data.documents import Chunker, Document
     from embedrag.engine.encoding.encoder import Encoder
+    from embedrag.engine.retrieval.memory import MemoryTable
 
 logger = logging.getLogger(__name__)
 
@@ -105,30 +109,6 @@ class IndexStats:
     replaced_documents: int = 0
 
 
-@dataclass
-class Hit:
-    """One retrieved chunk."""
-
-    rank: int
-    score: float
-    chunk_id: str
-    doc_id: str
-    chunk: int
-    text: str
-    title: str
-    source: str
-    metadata: dict[str, Any] = field(default_factory=dict)
-
-    def location(self) -> str:
-        """The source with the place in it: ``report.pdf p. 3``, ``guide.docx § Intro > Scope``."""
-        metadata = self.metadata if isinstance(self.metadata, dict) else {}
-        if metadata.get("page"):
-            return f"{self.source} p. {metadata['page']}"
-        if metadata.get("heading_path"):
-            return f"{self.source} § {metadata['heading_path']}"
-        return self.source
-
-
 def _lancedb():
     os.environ.setdefault("LANCEDB_LOG", "error")
     import lancedb
@@ -199,10 +179,6 @@ def _rows(documents: Sequence[Document], chunks: Sequence[Sequence[str]], vector
                          "metadata": metadata, "vector": vectors[position].tolist()})
             position += 1
     return rows
-
-
-def _quote(values: Iterable[str]) -> str:
-    return ", ".join("'" + v.replace("'", "''") + "'" for v in values)
 
 
 def build_index(
@@ -306,7 +282,7 @@ def _fill_table(handle, documents: Iterable[Document], encoder: Encoder, chunker
                                                                  precision=precision,
                                                                  max_batch_tokens=max_batch_tokens)
         if mode == "upsert":
-            where = f"doc_id IN ({_quote(d.id for d in batch)})"
+            where = f"doc_id IN ({quote_sql(d.id for d in batch)})"
             existing = handle.search().where(where).select(["doc_id"]).limit(None).to_list()
             replaced += len({row["doc_id"] for row in existing})
             handle.delete(where)
@@ -373,16 +349,6 @@ def _build_fts(handle) -> None:
         handle.create_fts_index("text", replace=True)
 
 
-def _hit(rank: int, row: dict, score: float) -> Hit:
-    try:
-        metadata = json.loads(row.get("metadata") or "{}")
-    except ValueError:
-        metadata = {}
-    return Hit(rank=rank, score=score, chunk_id=row["chunk_id"], doc_id=row["doc_id"], chunk=int(row["chunk"]),
-               text=row["text"], title=row.get("title") or "", source=row.get("source") or "", metadata=metadata)
-
-
-_COLUMNS = ["chunk_id", "doc_id", "chunk", "text", "title", "source", "metadata"]
 
 
 def vector_index_type(handle) -> str | None:
@@ -452,6 +418,7 @@ class Retriever:
         self.table = open_table(db, table)
         self.settings = table_settings(self.table)
         self.index_type = vector_index_type(self.table)
+        self.memory: MemoryTable | None = None  # see keep_in_memory
         # The table decides how text is embedded: an index built with other lengths than
         # the model folder's saved ones is searched with those it was built with.
         self.encoder = Encoder.load(model or self.settings.model, device=device,
@@ -465,6 +432,17 @@ class Retriever:
             used = f" with --backend {backend}" if self.encoder.exported or made else ""
             raise TableMismatchError(f"table {table!r} was embedded with {self.settings.model}{made}; "
                                      f"{model or self.settings.model}{used} gives different vectors")
+
+    def keep_in_memory(self, max_rows: int | None = None) -> bool:
+        """Hold the table's vectors and rows in memory and search them exactly there
+        (:mod:`embedrag.engine.retrieval.memory`), for a table without an ANN index of at
+        most ``max_rows`` rows; whether it did. Full-text search stays LanceDB's."""
+        from embedrag.engine.retrieval.memory import MAX_MEMORY_ROWS, MemoryTable
+
+        if self.index_type is not None or self.table.count_rows() > (max_rows or MAX_MEMORY_ROWS):
+            return False
+        self.memory = MemoryTable.load(self.table)
+        return True
 
     def search(self, question: str, k: int = 5, *, hybrid: bool = False,
                filters: dict[str, Any] | None = None) -> list[Hit]:
@@ -485,30 +463,14 @@ class Retriever:
         """Hits for a question already embedded (``vector``, by this retriever's encoder);
         ``question`` feeds the full-text half of hybrid search."""
         where = filter_clause(filters)
-        dense = vector_search(self.table, vector, k if not hybrid else max(k, 20), index_type=self.index_type,
-                              where=where)
+        depth = k if not hybrid else max(k, 20)
+        if self.memory is not None:
+            dense = self.memory.search(vector, depth, filters)
+        else:
+            dense = vector_search(self.table, vector, depth, index_type=self.index_type, where=where)
         if not hybrid:
             return dense[:k]
         return reciprocal_rank_fusion([dense, text_search(self.table, question, max(k, 20), where=where)], k)
-
-
-FILTER_COLUMNS = ("doc_id", "chunk_id", "source", "title")
-
-
-def filter_clause(filters: dict[str, Any] | None) -> str | None:
-    """A SQL ``WHERE`` for LanceDB from ``{column: value or [values]}`` over
-    :data:`FILTER_COLUMNS` (values quoted, so no filter can inject SQL); None for none."""
-    if not filters:
-        return None
-    parts = []
-    for column, value in filters.items():
-        if column not in FILTER_COLUMNS:
-            raise ConfigError(f"cannot filter on {column!r}; filters take {', '.join(FILTER_COLUMNS)}")
-        values = value if isinstance(value, (list, tuple)) else [value]
-        if not values or not all(isinstance(v, str) for v in values):
-            raise ConfigError(f"filter {column!r} takes a string or a non-empty list of strings")
-        parts.append(f"{column} IN ({_quote(values)})")
-    return " AND ".join(parts)
 
 
 def index(inputs: Sequence[str | os.PathLike], model: str = DEFAULT_MODEL,

@@ -61,7 +61,9 @@ def create_app(state: ServerState) -> FastAPI:
         retriever = state.retriever
         return {"status": "ok", "model": state.model_name, "dimension": state.encoder.dimension,
                 "table": state.config.table if retriever else None,
-                "rows": await _rows(retriever), "generator": state.generator.name if state.generator else "none",
+                "rows": await _rows(retriever),
+                "search": None if retriever is None else "memory" if retriever.memory is not None else "lancedb",
+                "generator": state.generator.name if state.generator else "none",
                 "auth": state.config.auth_required, "uptime_s": round(time.time() - state.started, 1),
                 "batching": {"enabled": state.config.batching.enabled,
                              **(state.batcher.stats.to_dict() if state.batcher else {})}}

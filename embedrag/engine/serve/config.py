@@ -58,6 +58,8 @@ class ServeConfig:
     device: str | None = None
     backend: str = "torch"  # or a model folder's export: onnx, openvino (see embedrag export)
     precision: str = "fp32"  # of /v1/embeddings vectors; queries for search are fp32 as in `ask`
+    # Search a table without an ANN index (up to memory.MAX_MEMORY_ROWS rows) from memory.
+    memory_search: bool = True
     limits: Limits = field(default_factory=Limits)
     batching: BatchingConfig = field(default_factory=BatchingConfig)
 

@@ -66,6 +66,8 @@ def load_state(config: ServeConfig) -> ServerState:
 
         retriever = Retriever(config.db, config.table, model=config.model, device=config.device,
                               backend=config.backend)
+        if config.memory_search:
+            retriever.keep_in_memory()
         encoder = retriever.encoder
     else:
         from embedrag.engine.encoding.encoder import Encoder
