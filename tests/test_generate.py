@@ -109,6 +109,26 @@ def test_max_chunks_is_a_trial_over_the_first_chunks(tiny_bert, tmp_path):
     assert report.lines <= 4
 
 
+def test_titles_are_the_queries_of_their_documents(tiny_bert, tmp_path):
+    rows = [{"_id": f"d{i}", "title": f"What we know about {topic} today",
+             "text": f"{topic.capitalize()} are the subject of document {i}. They are studied widely."}
+            for i, topic in enumerate(TOPICS[:6])]
+    rows[4]["title"] = ""  # no title: skipped
+    rows[5]["title"] = "Owls"  # too short to be a query
+    corpus = tmp_path / "titled.jsonl"
+    corpus.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    report = generate([corpus], tmp_path / "t.jsonl", "title", model=tiny_bert,
+                      config=GenerateConfig(chunk_size=0, negatives=0))
+    lines = _lines(tmp_path / "t.jsonl")
+    assert [(x["query"], x["pos"]) for x in lines] == [(r["title"], [r["text"]]) for r in rows[:4]]
+    assert report.chunks_skipped == {"no title": 1, "title not of 10-300 characters": 1}
+    assert report.writer["method"] == "title"
+    result = CliRunner().invoke(app, ["generate", "-i", str(corpus), "-o", str(tmp_path / "q.jsonl"), "--llm", "title",
+                                 "-q", "2", "--model", str(tiny_bert)])
+    assert result.exit_code != 0 and "--llm title writes one query per chunk" in result.output
+    assert "Traceback" not in result.output
+
+
 # ---------------------------------------------------------------------- prompts
 def test_prompt_language_and_reply_parsing(tmp_path):
     assert document_language("台北的牛肉麵很好吃，湯頭濃郁。", "auto") == "Chinese"

@@ -28,7 +28,7 @@ def generate(
         "--output", "-o", help="Training JSONL to write (query, pos, neg).", show_default=False)],
     llm: Annotated[str, typer.Option(
         help="Who writes the queries: none (inverse cloze: a sentence of the chunk is the query, the rest "
-        "its positive; no model), openai (an OpenAI-compatible server) or hf:PATH (a local causal LM).",
+        "its positive; no model), title (the document's title is the query of its chunks; no model), openai (an OpenAI-compatible server) or hf:PATH (a local causal LM).",
         rich_help_panel=_WRITER)] = "none",
     questions_per_chunk: Annotated[int, typer.Option(
         "--questions-per-chunk", "-q", min=1, help="Queries to write per chunk.", rich_help_panel=_WRITER)] = 1,

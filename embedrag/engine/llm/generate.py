@@ -269,7 +269,7 @@ def generate(
     if isinstance(writer, str):
         writer = make_query_writer(writer, device=device, **writer_options)
     elif writer_options:
-        raise ConfigError("writer options go with a writer name (none, openai, hf:PATH), not a QueryWriter")
+        raise ConfigError("writer options go with a writer name (none, title, openai, hf:PATH), not a QueryWriter")
     from embedrag.engine.data.documents import read_documents
     from embedrag.engine.encoding.encoder import Encoder, resolve_precision
     from embedrag.engine.encoding.models import DEFAULT_MODEL

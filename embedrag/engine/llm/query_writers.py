@@ -1,5 +1,6 @@
-"""Who writes the training queries of ``embedrag generate``: a method that needs no LLM
-(inverse cloze), any OpenAI-compatible chat server, or a local transformers causal LM.
+"""Who writes the training queries of ``embedrag generate``: two methods that need no LLM
+(inverse cloze, document titles), any OpenAI-compatible chat server, or a local
+transformers causal LM.
 
 Every writer takes chunks and reports, per chunk, either its queries or why it has none;
 the caller (``generate``) stores each chunk's result as it arrives, so a writer keeps no
@@ -11,6 +12,11 @@ its positive; in ``keep_sentence`` of the cases (0.1, the paper's rate) the sent
 in the positive, so the model also learns that a passage matches its own words. The
 sentences are drawn with a random generator seeded by the chunk's key, so a chunk gets
 the same queries whatever the order, the number of chunks or an interruption.
+
+Titles: the document's title is the query of each of its chunks, the whole chunk its
+positive (title-body pairs, a classic weak supervision for retrieval, e.g. SPECTER's and
+the title-abstract pairs among sentence-transformers' training data). Only for documents
+with a title: JSONL ``title`` fields, PDF/DOCX/HTML metadata titles, Markdown headings.
 """
 
 from __future__ import annotations
@@ -116,6 +122,32 @@ class InverseClozeWriter(QueryWriter):
             rest = units if keep else units[:index] + units[index + 1:]
             written.append(WrittenQuery(units[index], " ".join(rest)))
         return ChunkResult(chunk, written)
+
+    def write(self, chunks: Sequence[Chunk], report: Report) -> None:
+        for chunk in chunks:
+            report(self.queries(chunk))
+
+
+class TitleWriter(QueryWriter):
+    """The document's title as the query of its chunks; no model, no network."""
+
+    name = "title"
+
+    def __init__(self, *, min_chars: int = 10, max_chars: int = 300):
+        self.min_chars, self.max_chars = min_chars, max_chars
+
+    def settings(self) -> dict:
+        return {"method": self.name, "min_chars": self.min_chars, "max_chars": self.max_chars}
+
+    def queries(self, chunk: Chunk) -> ChunkResult:
+        title = " ".join(chunk.title.split())
+        if not title:
+            return ChunkResult(chunk, skipped="no title")
+        if not self.min_chars <= len(title) <= self.max_chars:
+            return ChunkResult(chunk, skipped=f"title not of {self.min_chars}-{self.max_chars} characters")
+        if title == " ".join(chunk.text.split()):
+            return ChunkResult(chunk, skipped="the chunk is its title")
+        return ChunkResult(chunk, [WrittenQuery(title, chunk.text)])
 
     def write(self, chunks: Sequence[Chunk], report: Report) -> None:
         for chunk in chunks:
@@ -313,13 +345,18 @@ def make_query_writer(llm: str, *, n: int = 1, llm_model: str | None = None, bas
                       prompt_file: str | Path | None = None, language: str = "auto", concurrency: int = 4,
                       timeout: float = 60.0, max_retries: int = 3, batch_size: int = 8,
                       max_query_chars: int = 300, seed: int = 42, device: str | None = None) -> QueryWriter:
-    """``none`` (inverse cloze), ``openai`` or ``hf:PATH``."""
+    """``none`` (inverse cloze), ``title``, ``openai`` or ``hf:PATH``."""
     if n < 1:
         raise ConfigError(f"--questions-per-chunk must be at least 1, got {n}")
     if llm == "none":
         if prompt_file is not None:
             raise ConfigError("--prompt needs an LLM (--llm openai or hf:PATH); inverse cloze writes no prompt")
         return InverseClozeWriter(n, max_chars=max_query_chars, seed=seed)
+    if llm == "title":
+        if prompt_file is not None or n != 1:
+            raise ConfigError("--llm title writes one query per chunk, its document's title: no --prompt, "
+                              "no --questions-per-chunk")
+        return TitleWriter(max_chars=max_query_chars)
     prompt = load_prompt(prompt_file)
     if llm == "openai":
         if not llm_model:
@@ -331,4 +368,4 @@ def make_query_writer(llm: str, *, n: int = 1, llm_model: str | None = None, bas
     if llm.startswith("hf:") and len(llm) > 3:
         return HFQueryWriter(llm[3:], n=n, prompt=prompt, language=language, batch_size=batch_size,
                              device=device)
-    raise ConfigError(f"--llm must be none, openai or hf:PATH, got {llm!r}")
+    raise ConfigError(f"--llm must be none, title, openai or hf:PATH, got {llm!r}")
