@@ -89,17 +89,22 @@ def test_todays_checkpoint_has_the_old_files_and_structure(runs):
         assert _keys(new) == _keys(old), old_file.name
 
 
-def test_the_old_trainer_state_resumes_to_the_uninterrupted_weights(runs):
+@pytest.mark.parametrize("older", [False, True], ids=["bbc09e8", "before-the-validation-guard"])
+def test_the_old_trainer_state_resumes_to_the_uninterrupted_weights(runs, tmp_path, older):
     _, config, straight, checkpoint = runs
     old_state = json.loads((OLD / checkpoint.name / "trainer_state.json").read_text())
     assert (old_state["global_step"], old_state["epoch"]) == (4, 1)
-    shutil.copy(OLD / checkpoint.name / "trainer_state.json", checkpoint / "trainer_state.json")
-    resumed = train(config("resumed", resume_from_checkpoint="latest"))
+    if older:  # a checkpoint from before the validation guard has no per-query scores
+        for key in ("base_per_query", "best_per_query", "last_eval_step"):
+            del old_state[key]
+    output = tmp_path / "run"
+    shutil.copytree(checkpoint, output / checkpoint.name)
+    (output / checkpoint.name / "trainer_state.json").write_text(json.dumps(old_state))
+    resumed = train(config(output, resume_from_checkpoint="latest"))
     assert resumed.global_step == straight.global_step == 8
     a = load_file(straight.final_dir / "adapter_model.safetensors")
     b = load_file(resumed.final_dir / "adapter_model.safetensors")
     assert a.keys() == b.keys()
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-6
-    # The resumed run carries the old run's first-epoch record on.
-    summary = json.loads((checkpoint.parent / "training_summary_report.json").read_text())
-    assert summary["global_step"] == 8
+    summary = json.loads((output / "training_summary_report.json").read_text())
+    assert summary["global_step"] == 8 and summary["epochs_completed"] == 2

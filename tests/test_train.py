@@ -97,33 +97,6 @@ def _interrupt_after_first_epoch():
     return Interrupt()
 
 
-# trainer_state.json as the trainer wrote it before its state moved to checkpoints.TrainState
-STATE_KEYS_BEFORE_THE_SPLIT = {
-    "global_step", "epoch", "micro_step", "epoch_loss_sum", "epoch_loss_count", "best_metric", "best_step",
-    "bad_evaluations", "last_metrics", "base_metrics", "base_per_query", "best_per_query", "last_eval_step",
-    "samples_seen", "tokens_seen", "seconds", "total_updates", "logs", "epoch_losses", "finetune_type"}
-
-
-def test_checkpoints_keep_their_format_and_older_ones_resume(tiny_bert, toy_data, tmp_path):
-    options = dict(max_steps=None, epochs=2, save_on_epoch_end=True, warmup_proportion=0.2)
-    straight = train(_config(tiny_bert, toy_data[0], tmp_path / "a", "lora", **options))
-    with pytest.raises(KeyboardInterrupt):
-        train(_config(tiny_bert, toy_data[0], tmp_path / "b", "lora", **options), _interrupt_after_first_epoch())
-    state_file = tmp_path / "b" / "checkpoint-epoch-1" / "trainer_state.json"
-    state = json.loads(state_file.read_text())
-    assert set(state) == STATE_KEYS_BEFORE_THE_SPLIT
-    # A checkpoint from before the validation guard has no per-query scores: still resumes.
-    for key in ("base_per_query", "best_per_query", "last_eval_step"):
-        del state[key]
-    state_file.write_text(json.dumps(state))
-    resumed = train(_config(tiny_bert, toy_data[0], tmp_path / "b", "lora", resume_from_checkpoint="latest",
-                            **options))
-    assert resumed.global_step == straight.global_step == 8
-    a = load_file(straight.final_dir / "adapter_model.safetensors")
-    b = load_file(resumed.final_dir / "adapter_model.safetensors")
-    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-6
-
-
 @pytest.mark.parametrize("finetune_type", ["lora", "full"])
 def test_resume_reaches_the_same_weights(tiny_bert, toy_data, tmp_path, finetune_type):
     options = dict(max_steps=None, epochs=2, save_on_epoch_end=True, lora_dropout=0.1,
