@@ -36,7 +36,7 @@ Rows (``--only`` picks a subset; they run in this order):
   plain loop over the same loss, batches built the way NO_DUPLICATES builds them
   (``--st-mode``); the JSON says which.
 
-Shared by every trained row: ``--epochs`` (2, embedrag's default), ``--batch-size``, ``--warmup-proportion``
+Shared by every trained row: ``--epochs`` (3, embedrag's default), ``--batch-size``, ``--warmup-proportion``
 (0.05, embedrag's default), ``--seed``, ``--max-steps``, query/passage max length 64/256
 for embedrag (``--query-max-len``/``--passage-max-len``).
 
@@ -51,7 +51,7 @@ included), merge and eval the same for their processes. Each step runs alone: tw
 processes on a small CPU slow each other down. Prints a table and writes
 ``benchmarks/results/bench_quality.json``.
 
-    .venv/bin/python benchmarks/bench_quality.py [--epochs 2] [--batch-size 16] [--neg-nums 2] \\
+    .venv/bin/python benchmarks/bench_quality.py [--epochs 3] [--batch-size 16] [--neg-nums 2] \\
         [--only base,default,lora,qlora,qlora-gaussian,full,st-mnrl,st-mnrl-hard] [--workdir DIR] [--reuse]
 
 A quick smoke run (2 steps, 20 test queries over their relevant docs + the first 300):
@@ -430,7 +430,7 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=HERE / "results" / "quality")
     parser.add_argument("--only", help=f"comma-separated rows of {','.join(ROWS)} (default: all)")
     parser.add_argument("--reuse", action="store_true", help="skip trainings and evals whose outputs exist")
-    parser.add_argument("--epochs", type=int, default=2, help="every trained row (embedrag's default 2)")
+    parser.add_argument("--epochs", type=int, default=3, help="every trained row (embedrag's default 3)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-steps", type=int, help="smoke: stop every training after N steps")
     parser.add_argument("--neg-nums", type=int, default=2,

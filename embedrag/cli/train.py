@@ -210,7 +210,8 @@ def train(
         "--lr", "--learning-rate", "--learning_rate", help="Peak learning rate. [default: 1e-4 lora/qlora, "
         "2e-5 full]", rich_help_panel=_OPT, show_default=False)] = None,
     epochs: Annotated[int, typer.Option(
-        "--epochs", "--num-epochs", "--num_epochs", "--num_train_epochs", rich_help_panel=_OPT)] = 2,
+        "--epochs", "--num-epochs", "--num_epochs", "--num_train_epochs", help="Passes over the training "
+        "data; with validation the best evaluated epoch is kept.", rich_help_panel=_OPT)] = 3,
     max_steps: Annotated[int | None, typer.Option(
         "--max-steps", "--max_steps", help="Stop after this many optimizer steps (overrides --epochs).",
         rich_help_panel=_OPT)] = None,
