@@ -326,7 +326,7 @@ def test_cli_errors_are_one_line(tiny_bert, tmp_path):
     corpus = _corpus(tmp_path)
     for args, message in [
         (["-i", str(tmp_path / "nope"), "-o", str(tmp_path / "x.jsonl")], "no such file or folder"),
-        (["-i", str(corpus), "-o", str(tmp_path / "x.jsonl"), "--llm", "gpt"], "--llm must be none, openai or hf:PATH"),
+        (["-i", str(corpus), "-o", str(tmp_path / "x.jsonl"), "--llm", "gpt"], "--llm must be none, title, openai or hf:PATH"),
         (["-i", str(corpus), "-o", str(tmp_path / "x.jsonl"), "--llm", "openai"], "needs --llm-model"),
         (["-i", str(corpus), "-o", str(tmp_path / "x.jsonl"), "--prompt", str(corpus)], "--prompt needs an LLM"),
     ]:
