@@ -373,9 +373,8 @@ class Encoder:
             texts = [texts]
         texts = list(texts)
         total = len(texts)
-        out = np.zeros((total, self.dimension), dtype=np.float32)
         if total == 0:
-            return out
+            return np.zeros((0, self.dimension), dtype=np.float32)
         if num_processes > 1 and total > batch_size:
             from embedrag.engine.encoding.parallel import encode_in_processes
 
@@ -383,7 +382,7 @@ class Encoder:
                                        precision=precision, progress=progress,
                                        max_batch_tokens=max_batch_tokens)
         ids = self.tokenize(texts, kind)["input_ids"]
-        return _embed_token_ids(self, ids, out, precision=precision, batch_size=batch_size,
+        return _embed_token_ids(self, ids, precision=precision, batch_size=batch_size,
                                 max_batch_tokens=max_batch_tokens, batch_workers=batch_workers, progress=progress)
 
     def encode_queries(self, texts: Sequence[str], **kwargs) -> np.ndarray:
@@ -530,14 +529,16 @@ def _write_model_files(encoder: Encoder, folder: Path, *, weights: bool) -> None
     write_json(folder / EMBEDRAG_CONFIG, encoder.config.to_dict())
 
 
-def _embed_token_ids(encoder: Encoder, ids: list[list[int]], out: np.ndarray, *, precision: str, batch_size: int,
+def _embed_token_ids(encoder: Encoder, ids: list[list[int]], *, precision: str, batch_size: int,
                      max_batch_tokens: int | None, batch_workers: int | None,
                      progress: Callable[[int, int], None] | None) -> np.ndarray:
-    """Fill ``out`` with the embeddings of tokenized texts: longest first, in batches of at
+    """The embeddings of tokenized texts, in input order: longest first, in batches of at
     most ``batch_size`` texts and ``max_batch_tokens`` padded tokens, on CPU threads."""
+    import numpy as np
     import torch
 
     total = len(ids)
+    out = np.zeros((total, encoder.dimension), dtype=np.float32)
     order = sorted(range(total), key=lambda i: -len(ids[i]))
     if max_batch_tokens is None:
         max_batch_tokens = default_batch_tokens(encoder.model.config, encoder.device)

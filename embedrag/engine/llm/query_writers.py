@@ -93,7 +93,18 @@ class QueryWriter:
         raise NotImplementedError
 
 
-class InverseClozeWriter(QueryWriter):
+class _LocalWriter(QueryWriter):
+    """A writer that needs no model: each chunk's queries come from :meth:`queries` at once."""
+
+    def queries(self, chunk: Chunk) -> ChunkResult:
+        raise NotImplementedError
+
+    def write(self, chunks: Sequence[Chunk], report: Report) -> None:
+        for chunk in chunks:
+            report(self.queries(chunk))
+
+
+class InverseClozeWriter(_LocalWriter):
     """A sentence of the chunk as the query; no model, no network."""
 
     name = "inverse-cloze"
@@ -123,12 +134,8 @@ class InverseClozeWriter(QueryWriter):
             written.append(WrittenQuery(units[index], " ".join(rest)))
         return ChunkResult(chunk, written)
 
-    def write(self, chunks: Sequence[Chunk], report: Report) -> None:
-        for chunk in chunks:
-            report(self.queries(chunk))
 
-
-class TitleWriter(QueryWriter):
+class TitleWriter(_LocalWriter):
     """The document's title as the query of its chunks; no model, no network."""
 
     name = "title"
@@ -148,10 +155,6 @@ class TitleWriter(QueryWriter):
         if title == " ".join(chunk.text.split()):
             return ChunkResult(chunk, skipped="the chunk is its title")
         return ChunkResult(chunk, [WrittenQuery(title, chunk.text)])
-
-    def write(self, chunks: Sequence[Chunk], report: Report) -> None:
-        for chunk in chunks:
-            report(self.queries(chunk))
 
 
 # ---------------------------------------------------------------------- LLM writers

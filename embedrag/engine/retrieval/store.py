@@ -349,8 +349,6 @@ def _build_fts(handle) -> None:
         handle.create_fts_index("text", replace=True)
 
 
-
-
 def vector_index_type(handle) -> str | None:
     """The table's ANN index on its vectors ("IvfHnswSq", "IvfPq", ...), None when it is
     searched exactly (a full-text index does not count). Ask once per table, not per query."""

@@ -55,6 +55,17 @@ class TrainState:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def epoch_position(self, micro_steps_per_epoch: int) -> float:
+        """Epochs done, with the fraction of the current one (for the logs)."""
+        return round(self.epoch + self.micro_step / micro_steps_per_epoch, 4)
+
+    def record_epoch_loss(self, *, partial: bool = False) -> None:
+        """Append the current epoch's average loss to ``epoch_losses`` (``partial``: a run
+        that stopped mid-epoch)."""
+        record = {"epoch": self.epoch + 1, "average_loss": self.epoch_loss_sum / max(self.epoch_loss_count, 1),
+                  "steps": self.epoch_loss_count, "global_step": self.global_step}
+        self.epoch_losses.append({**record, "partial": True} if partial else record)
+
     @classmethod
     def from_dict(cls, saved: dict[str, Any], source: Path | str = "checkpoint") -> TrainState:
         names = [f.name for f in fields(cls)]

@@ -87,16 +87,13 @@ class _Reporting:
         write_json(self.output_dir / EPOCH_LOSSES, self.state.epoch_losses)
 
     def _finish(self, seconds: float) -> TrainResult:
-
         self.accelerator.wait_for_everyone()
         final = self.output_dir / "final"
         best = self.output_dir / "best" if self.state.best_step is not None else None
         summary: dict[str, Any] = {}
         if self.is_main:
             if self.state.epoch_loss_count:  # a run that stopped mid-epoch still reports it
-                self.state.epoch_losses.append({"epoch": self.state.epoch + 1, "average_loss": self.state.epoch_loss_sum
-                                          / self.state.epoch_loss_count, "steps": self.state.epoch_loss_count,
-                                          "global_step": self.state.global_step, "partial": True})
+                self.state.record_epoch_loss(partial=True)
             verdict = self._verdict()
             self._save_final(final)
             self._write_logs()
@@ -144,10 +141,9 @@ class _Reporting:
 
     def _log_step(self, loss: float, grad_norm: float) -> None:
         seconds = self.elapsed()
-        epoch_position = self.state.epoch + self.state.micro_step / self.micro_steps_per_epoch
         log = {
             "step": self.state.global_step,
-            "epoch": round(epoch_position, 4),
+            "epoch": self.state.epoch_position(self.micro_steps_per_epoch),
             "loss": loss,
             "lr": self.scheduler.get_last_lr()[0],
             "grad_norm": grad_norm,

@@ -110,8 +110,7 @@ class _Trainer(_SetUp, _Validation, _Saving, _Reporting):
     def run(self) -> TrainResult:
         config = self.config
         accumulation = config.gradient_accumulation_steps
-        start = time.perf_counter()
-        self.run_start = start
+        self.run_start = time.perf_counter()
         if self.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             self.writer = self._tensorboard()
@@ -120,17 +119,12 @@ class _Trainer(_SetUp, _Validation, _Saving, _Reporting):
         if self.eval_examples and self.config.eval_on_start and self.state.global_step == 0:
             self.state.base_metrics = self.evaluate()
             self.state.base_per_query = self.last_per_query
-            if self.is_main:
-                if self.writer is not None:
-                    for key, value in self.state.base_metrics.items():
-                        self.writer.add_scalar(f"eval/{key}", value, 0)
-                self.callback.on_evaluate({**self.state.base_metrics, "step": 0})
+            self._report_evaluation(self.state.base_metrics, 0)
         with _StopRequest() as stop:
             self._loop(stop, accumulation)
         if self.eval_examples and self.state.last_eval_step != self.state.global_step:
             self._maybe_evaluate(epoch_end=True)  # the model that training ended with is judged too
-        seconds = self.seconds_before_resume + time.perf_counter() - start
-        return self._finish(seconds)
+        return self._finish(self.elapsed())
 
     def _loop(self, stop: _StopRequest, accumulation: int) -> None:
         window_loss = 0.0
@@ -207,9 +201,7 @@ class _Trainer(_SetUp, _Validation, _Saving, _Reporting):
         return float(self.accelerator.reduce(tensor, reduction="mean"))
 
     def _end_epoch(self) -> None:
-        average = self.state.epoch_loss_sum / max(self.state.epoch_loss_count, 1)
-        self.state.epoch_losses.append({"epoch": self.state.epoch + 1, "average_loss": average,
-                                  "steps": self.state.epoch_loss_count, "global_step": self.state.global_step})
+        self.state.record_epoch_loss()
         self.state.epoch += 1
         self.state.micro_step = 0
         self.state.epoch_loss_sum, self.state.epoch_loss_count = 0.0, 0

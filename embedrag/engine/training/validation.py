@@ -58,15 +58,18 @@ class _Validation:
         metrics = self.evaluate()
         self.state.last_metrics = metrics
         self.state.last_eval_step = self.state.global_step
+        self._report_evaluation(metrics, self.state.global_step)
+        self.state.logs.append({"step": self.state.global_step,
+                                "epoch": self.state.epoch_position(self.micro_steps_per_epoch),
+                                **{f"eval_{k}": v for k, v in metrics.items()}})
+        self._track_best(metrics)
+
+    def _report_evaluation(self, metrics: dict[str, float], step: int) -> None:
         if self.is_main:
             if self.writer is not None:
                 for key, value in metrics.items():
-                    self.writer.add_scalar(f"eval/{key}", value, self.state.global_step)
-            self.callback.on_evaluate({**metrics, "step": self.state.global_step})
-        self.state.logs.append({"step": self.state.global_step, "epoch": round(self.state.epoch + self.state.micro_step
-                                                                   / self.micro_steps_per_epoch, 4),
-                          **{f"eval_{k}": v for k, v in metrics.items()}})
-        self._track_best(metrics)
+                    self.writer.add_scalar(f"eval/{key}", value, step)
+            self.callback.on_evaluate({**metrics, "step": step})
 
     def evaluate(self) -> dict[str, float]:
         import torch
@@ -114,10 +117,10 @@ class _Validation:
     def _final_is(self) -> str:
         """What final/ holds: the best evaluated model, unless asked for the last or
         the last is the best (or nothing was evaluated)."""
-        if self.config.final_model == "best" and self.state.best_step is not None and self.state.best_step != self.state.global_step:
-            return f"best (step {self.state.best_step} of {self.state.global_step})"
-        return f"last (step {self.state.global_step})"
-
+        best, last = self.state.best_step, self.state.global_step
+        if self.config.final_model == "best" and best is not None and best != last:
+            return f"best (step {best} of {last})"
+        return f"last (step {last})"
 
     def _verdict(self):
         """Base vs best on the validation split, when both were evaluated."""
