@@ -6,10 +6,14 @@ from __future__ import annotations
 import logging
 import resource
 import sys
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from embedrag.engine.core.atomic import write_json
 from embedrag.engine.training.results import TrainResult
+
+if TYPE_CHECKING:
+    from embedrag.engine.training.holdout import Verdict
 
 logger = logging.getLogger(__name__)
 
@@ -97,39 +101,9 @@ class _Reporting:
             verdict = self._verdict()
             self._save_final(final)
             self._write_logs()
-            device_type = self.device_type
-            summary = {
-                "config": self.config.to_dict(),
-                "start": self.started,
-                "global_step": self.state.global_step,
-                "epochs_completed": self.state.epoch,
-                "wall_time_seconds": round(seconds, 3),
-                "samples_per_second": self.state.samples_seen / max(seconds, 1e-9),
-                "tokens_per_second": self.state.tokens_seen / max(seconds, 1e-9),
-                "peak_memory_bytes": _peak_memory_bytes(device_type),
-                "peak_memory_kind": "cuda max_memory_allocated during training" if device_type == "cuda"
-                else "process peak RSS during training (model loaded)",
-                "load_peak_memory_bytes": self.load_peak_memory,
-                "final_loss": next((row["loss"] for row in reversed(self.state.logs) if "loss" in row), None),
-                "best_metric": {"name": self.config.metric_for_best, "value": self.state.best_metric,
-                                "step": self.state.best_step} if self.state.best_step is not None else None,
-                "base_metrics": self.state.base_metrics,
-                "final_metrics": self.state.last_metrics,
-                "validation": {"source": self.config.eval_dataset or "automatic split",
-                               "split": self.holdout, "verdict": verdict.to_dict() if verdict else None,
-                               "final_model": self._final_is()},
-                "stopped_early": self.stopped_early,
-                "outputs": {"final": str(final), "best": str(best) if best else None},
-            }
+            summary = self._summary(seconds, verdict, final, best)
             write_json(self.output_dir / SUMMARY_REPORT, summary)
-            if self.writer is not None:
-                if verdict is not None:
-                    self.writer.add_text("verdict", verdict.message, self.state.global_step)
-                    self.writer.add_scalar(f"verdict/gain_{verdict.metric}", verdict.gain, self.state.global_step)
-                    self.writer.add_scalar("verdict/p_permutation", verdict.p_permutation, self.state.global_step)
-                self.writer.close()
-            if verdict is not None and verdict.outcome == "not better":
-                logger.warning("%s", verdict.message)
+            self._report_verdict(verdict)
         result = TrainResult(output_dir=self.output_dir, final_dir=final, best_dir=best,
                              global_step=self.state.global_step, epochs_completed=self.state.epoch,
                              best_metric=self.state.best_metric, last_metrics=self.state.last_metrics,
@@ -138,6 +112,44 @@ class _Reporting:
         if self.is_main:
             self.callback.on_end(result)
         return result
+
+    def _summary(self, seconds: float, verdict: Verdict | None, final: Path, best: Path | None) -> dict[str, Any]:
+        """training_summary_report.json: the run's config, counts, speed, memory and verdict."""
+        device_type = self.device_type
+        return {
+            "config": self.config.to_dict(),
+            "start": self.started,
+            "global_step": self.state.global_step,
+            "epochs_completed": self.state.epoch,
+            "wall_time_seconds": round(seconds, 3),
+            "samples_per_second": self.state.samples_seen / max(seconds, 1e-9),
+            "tokens_per_second": self.state.tokens_seen / max(seconds, 1e-9),
+            "peak_memory_bytes": _peak_memory_bytes(device_type),
+            "peak_memory_kind": "cuda max_memory_allocated during training" if device_type == "cuda"
+            else "process peak RSS during training (model loaded)",
+            "load_peak_memory_bytes": self.load_peak_memory,
+            "final_loss": next((row["loss"] for row in reversed(self.state.logs) if "loss" in row), None),
+            "best_metric": {"name": self.config.metric_for_best, "value": self.state.best_metric,
+                            "step": self.state.best_step} if self.state.best_step is not None else None,
+            "base_metrics": self.state.base_metrics,
+            "final_metrics": self.state.last_metrics,
+            "validation": {"source": self.config.eval_dataset or "automatic split",
+                           "split": self.holdout, "verdict": verdict.to_dict() if verdict else None,
+                           "final_model": self._final_is()},
+            "stopped_early": self.stopped_early,
+            "outputs": {"final": str(final), "best": str(best) if best else None},
+        }
+
+    def _report_verdict(self, verdict: Verdict | None) -> None:
+        """The verdict in TensorBoard (closing the writer) and, when the run did not help, as a warning."""
+        if self.writer is not None:
+            if verdict is not None:
+                self.writer.add_text("verdict", verdict.message, self.state.global_step)
+                self.writer.add_scalar(f"verdict/gain_{verdict.metric}", verdict.gain, self.state.global_step)
+                self.writer.add_scalar("verdict/p_permutation", verdict.p_permutation, self.state.global_step)
+            self.writer.close()
+        if verdict is not None and verdict.outcome == "not better":
+            logger.warning("%s", verdict.message)
 
     def _log_step(self, loss: float, grad_norm: float) -> None:
         seconds = self.elapsed()
