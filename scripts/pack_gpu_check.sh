@@ -6,6 +6,8 @@
 #   wheels/bitsandbytes-*.whl        the version this checkout is tested with, trimmed to the
 #                                    CPU and CUDA 13 libraries (the image's torch is CUDA 13)
 #   all-MiniLM-L6-v2-fp16.tar.gz     the bundled MiniLM with fp16 weights (half its 91 MB)
+#   scifact.tar.xz                   what scripts/gpu_bench_quality.sh needs of ../shared's
+#                                    SciFact (corpus, queries, test qrels, train.jsonl): 2.5 MB
 # A device run carries 64 MiB in all, the checkout's own files included; this script fails
 # when the two together pass LIMIT_MIB.
 set -euo pipefail
@@ -31,6 +33,17 @@ for wheel in "$PACK"/wheels/bitsandbytes-*.whl; do
     "$VENV_PY" benchmarks/gpu_check.py --trim-wheel "$wheel" "$KEEP_CUDA"
 done
 HF_HUB_OFFLINE=1 "$VENV_PY" benchmarks/gpu_check.py --pack-model auto "$PACK/all-MiniLM-L6-v2-fp16.tar.gz"
+SCIFACT=${SCIFACT:-../shared/datasets/scifact}
+if [[ -f "$SCIFACT/train.jsonl" ]]; then
+    staging=$(mktemp -d)
+    mkdir -p "$staging/scifact/qrels"
+    cp "$SCIFACT"/{corpus,queries,train}.jsonl "$staging/scifact/"
+    cp "$SCIFACT/qrels/test.tsv" "$staging/scifact/qrels/"
+    tar -cJf "$PACK/scifact.tar.xz" -C "$staging" scifact
+    rm -rf "$staging"
+else
+    echo "no SciFact at $SCIFACT: scripts/gpu_bench_quality.sh will not run (gpu_check.sh does)" >&2
+fi
 
 pack_bytes=$(find "$PACK" -type f -printf '%s\n' | awk '{s += $1} END {print s + 0}')
 tree_bytes=$( (git ls-files -z; git ls-files -z --others --exclude-standard) \

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# benchmarks/bench_quality.py on a GPU machine that is bare and offline: SciFact train -> test,
+# every row in one run on the GPU. Needs .gpu-check/ from `make gpu-check-pack` (bitsandbytes,
+# the fp16 MiniLM pack, scifact.tar.xz), carried along:
+#   run(command="bash scripts/gpu_bench_quality.sh --only base,default,st-mnrl-hard",
+#       carry=[".gpu-check"], timeout_s=...)
+# Arguments go to bench_quality.py. The MiniLM is the pack's, restored to fp32 (its weights
+# within fp16 rounding of the original), put in a Hugging Face cache where embedrag resolves
+# sentence-transformers/all-MiniLM-L6-v2 offline, so `embedrag train` with no --model finds it.
+# Results: $OUT/bench-quality.tar.gz (every row's JSON and logs, no weights) and
+# $OUT/bench_quality.json when the run ends; BENCH_SECONDS (default 300) bounds it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+PY=${PYTHON:-}
+if [[ -z "$PY" ]]; then
+    for candidate in python3 python; do
+        if command -v "$candidate" >/dev/null && "$candidate" -c "import torch" 2>/dev/null; then
+            PY=$candidate
+            break
+        fi
+    done
+fi
+PY=${PY:-python3}
+WORK=${GPU_BENCH_WORK:-/tmp/embedrag-gpu-bench}
+OUT_DIR=${OUT:-$ROOT/benchmarks/results}
+mkdir -p "$WORK/site" "$WORK/src" "$WORK/run" "$OUT_DIR"
+
+shopt -s nullglob
+wheels=(.gpu-check/wheels/*.whl)
+if (( ${#wheels[@]} )); then
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target "$WORK/site" "${wheels[@]}"
+fi
+# embedrag from this checkout, without the checkout's root on the path (its datasets/ folder
+# would pass for Hugging Face's datasets package).
+ln -sfn "$ROOT/embedrag" "$WORK/src/embedrag"
+export PYTHONPATH="$WORK/site:$WORK/src${PYTHONPATH:+:$PYTHONPATH}"
+export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false HF_HUB_CACHE="$WORK/hub"
+
+repo="$HF_HUB_CACHE/models--sentence-transformers--all-MiniLM-L6-v2"
+revision=0000000000000000000000000000000000000000
+if [[ ! -f "$repo/snapshots/$revision/config.json" ]]; then
+    mkdir -p "$repo/refs" "$repo/snapshots"
+    (cd "$ROOT/benchmarks" && "$PY" -c "import sys; from pathlib import Path; from gpu_check import unpack_model; \
+unpack_model(Path('$ROOT/.gpu-check/all-MiniLM-L6-v2-fp16.tar.gz'), Path(sys.argv[1]))" "$repo/snapshots/$revision")
+    printf '%s' "$revision" > "$repo/refs/main"
+fi
+[[ -d "$WORK/scifact" ]] || tar -xJf .gpu-check/scifact.tar.xz -C "$WORK"
+
+status=0
+# From an empty folder: `python -m embedrag` puts the working folder on the path.
+(cd "$WORK/run" && PYTHONUNBUFFERED=1 timeout -k 10 "${BENCH_SECONDS:-300}" "$PY" "$ROOT/benchmarks/bench_quality.py" \
+    --scifact "$WORK/scifact" --workdir "$WORK/bq" "$@") || status=$?
+(cd "$WORK" && find bq \( -name '*.json' -o -name '*.log' \) -print0 | tar -czf "$OUT_DIR/bench-quality.tar.gz" --null -T -)
+[[ -f "$ROOT/benchmarks/results/bench_quality.json" && "$OUT_DIR" != "$ROOT/benchmarks/results" ]] \
+    && cp "$ROOT/benchmarks/results/bench_quality.json" "$OUT_DIR/"
+echo "gpu_bench_quality.sh: bench_quality.py ended with status $status; results in $OUT_DIR"
+exit 0
