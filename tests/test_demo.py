@@ -56,3 +56,12 @@ def test_demo_runs_the_whole_loop(tiny_bert, tmp_path):
 def test_demo_without_data_is_one_clear_line(tmp_path):
     result = CliRunner().invoke(app, ["demo", "--workdir", str(tmp_path), "--data", str(tmp_path / "absent")])
     assert result.exit_code == 2 and "demo data needs" in result.output and "Traceback" not in result.output
+
+
+def test_demo_finds_the_bundled_slice_of_a_source_checkout():
+    """`make demo` passes no --data: the slice beside the package must be found."""
+    from embedrag.engine.tools.demo import default_data
+
+    root = Path(__file__).resolve().parents[1]
+    assert default_data() == root / "datasets" / "scifact-slice"
+    assert (default_data() / "train.jsonl").is_file()

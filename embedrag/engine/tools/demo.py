@@ -31,7 +31,8 @@ Stage = Callable[[str, str], None]
 
 def default_data() -> Path | None:
     """The SciFact slice of a source checkout (datasets/scifact-slice next to the package)."""
-    candidate = Path(__file__).resolve().parents[2] / "datasets" / "scifact-slice"
+    # embedrag/engine/tools/demo.py: the checkout's root is three folders above tools/.
+    candidate = Path(__file__).resolve().parents[3] / "datasets" / "scifact-slice"
     return candidate if (candidate / "corpus.jsonl").is_file() else None
 
 
