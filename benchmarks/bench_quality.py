@@ -272,6 +272,10 @@ def st_child(spec: dict) -> None:
                 optimizer.zero_grad(set_to_none=True)
                 losses.append(float(value.detach()))
                 steps += 1
+                if steps % 10 == 0 or steps == total:  # the log is the only sign of life on a slow CPU
+                    elapsed = time.perf_counter() - started
+                    print(f"step {steps}/{total}  loss {losses[-1]:.4f}  {elapsed:.0f} s, "
+                          f"~{elapsed / steps * (total - steps):.0f} s left", flush=True)
             if steps >= total:
                 break
         detail = "plain loop: NO_DUPLICATES-style batches, model.preprocess + the loss, torch AdamW"
