@@ -915,6 +915,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="override a stage's time limit (repeatable)")
     parser.add_argument("--pack-model", nargs=2, metavar=("SOURCE", "TARGET"),
                         help="write a model folder (auto: the bundled MiniLM) as an fp16 pack, then exit")
+    parser.add_argument("--unpack-model", nargs=2, metavar=("PACK", "TARGET"),
+                        help="write a pack's model, fp32 again, as the folder TARGET, then exit")
     parser.add_argument("--trim-wheel", nargs=2, metavar=("WHEEL", "CUDA_VERSIONS"),
                         help="keep only these CUDA libraries (e.g. 130,132) in a bitsandbytes wheel")
     parser.add_argument("--stage", choices=STAGES, help=argparse.SUPPRESS)  # a stage's own process
@@ -980,6 +982,9 @@ def main(argv: list[str] | None = None) -> int:
         return stage_main(args)
     if args.pack_model:
         print(pack_model(args.pack_model[0], Path(args.pack_model[1])))
+        return 0
+    if args.unpack_model:
+        unpack_model(Path(args.unpack_model[0]), Path(args.unpack_model[1]))
         return 0
     if args.trim_wheel:
         saved = trim_wheel(Path(args.trim_wheel[0]), set(args.trim_wheel[1].split(",")))

@@ -25,13 +25,13 @@ repo="$HF_HUB_CACHE/models--sentence-transformers--all-MiniLM-L6-v2"
 revision=0000000000000000000000000000000000000000
 if [[ ! -f "$repo/snapshots/$revision/config.json" ]]; then
     mkdir -p "$repo/refs" "$repo/snapshots"
-    (cd "$ROOT/benchmarks" && "$PY" -c "import sys; from pathlib import Path; from gpu_check import unpack_model; \
-unpack_model(Path('$ROOT/.gpu-check/all-MiniLM-L6-v2-fp16.tar.gz'), Path(sys.argv[1]))" "$repo/snapshots/$revision")
+    "$PY" benchmarks/gpu_check.py --unpack-model .gpu-check/all-MiniLM-L6-v2-fp16.tar.gz "$repo/snapshots/$revision"
     printf '%s' "$revision" > "$repo/refs/main"
 fi
 [[ -d "$WORK/scifact" ]] || tar -xJf .gpu-check/scifact.tar.xz -C "$WORK"
 
 status=0
+rm -f "$ROOT/benchmarks/results/bench_quality.json"  # a run cut short must not return an older table
 # From an empty folder: `python -m embedrag` puts the working folder on the path.
 (cd "$WORK/run" && PYTHONUNBUFFERED=1 timeout -k 10 "${BENCH_SECONDS:-300}" "$PY" "$ROOT/benchmarks/bench_quality.py" \
     --scifact "$WORK/scifact" --workdir "$WORK/bq" "$@") || status=$?

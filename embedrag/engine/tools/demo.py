@@ -31,8 +31,10 @@ Stage = Callable[[str, str], None]
 
 def default_data() -> Path | None:
     """The SciFact slice of a source checkout (datasets/scifact-slice next to the package)."""
-    # embedrag/engine/tools/demo.py: the checkout's root is three folders above tools/.
-    candidate = Path(__file__).resolve().parents[3] / "datasets" / "scifact-slice"
+    # The checkout's root holds the top package: one folder up per dotted part of this
+    # module's name, so a move of this module cannot point it at the wrong folder again.
+    root = Path(__file__).resolve().parents[len(__name__.split(".")) - 1]
+    candidate = root / "datasets" / "scifact-slice"
     return candidate if (candidate / "corpus.jsonl").is_file() else None
 
 
