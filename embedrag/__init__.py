@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-__version__ = "0.1.0.dev0"
+from embedrag._version import __version__
 
 _EXPORTS = {
     "Encoder": "embedrag.engine.encoding.encoder",
@@ -67,7 +67,7 @@ _EXPORTS = {
     "DEFAULT_MODEL": "embedrag.engine.encoding.models",
     "token_length_report": "embedrag.engine.encoding.validate",
     "ModelSpec": "embedrag.engine.evaluation.evaluate",
-    "default_cache_dir": "embedrag.engine.evaluation.evaluate",
+    "default_cache_dir": "embedrag.engine.encoding.cache",
     "evaluate_table": "embedrag.engine.evaluation.evaluate",
     "plot_report": "embedrag.engine.evaluation.evaluate",
     "check_ks": "embedrag.engine.evaluation.metrics",
@@ -123,13 +123,13 @@ if TYPE_CHECKING:  # pragma: no cover
         load_jsonl_testset,
         read_beir_corpus,
     )
+    from embedrag.engine.encoding.cache import default_cache_dir
     from embedrag.engine.encoding.encoder import EmbeddingConfig, Encoder
     from embedrag.engine.encoding.models import DEFAULT_MODEL, ResolvedModel, resolve_model
     from embedrag.engine.encoding.validate import token_length_report
     from embedrag.engine.evaluation.evaluate import (
         EvaluationReport,
         ModelSpec,
-        default_cache_dir,
         evaluate,
         evaluate_table,
         plot_report,

@@ -26,7 +26,7 @@ MAX_CLASS_LINES = 250
 # and the layers below it. Names are modules of <package>.engine unless they start with the
 # package's name; "X.*" is every submodule of X.
 LAYERS: list[tuple[str, list[str]]] = [
-    ("core", ["embedrag", "embedrag.engine", "core", "core.*"]),
+    ("core", ["embedrag._version", "embedrag.engine", "core", "core.*"]),
     ("data", ["data", "data.*"]),
     ("encoding", ["encoding", "encoding.*"]),
     ("retrieval", ["retrieval", "retrieval.*"]),
@@ -36,6 +36,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("llm", ["llm", "llm.*"]),
     ("serving", ["serve", "serve.*"]),
     ("tools", ["tools", "tools.*"]),
+    ("api", ["embedrag"]),
     ("cli", ["embedrag.__main__", "embedrag.cli", "embedrag.cli.*"]),
 ]
 

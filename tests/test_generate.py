@@ -16,6 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from embedrag.cli import app
+from embedrag.engine.data.corpus import normalize_text
 from embedrag.engine.data.documents import split_sentences
 from embedrag.engine.data.examples import load_examples
 from embedrag.engine.llm.generate import GenerateConfig, generate
@@ -28,7 +29,6 @@ from embedrag.engine.llm.query_writers import (
     load_prompt,
     parse_queries,
 )
-from embedrag.engine.mining.mine import normalize_text
 
 SECRET = "sk-test-9f8e7d6c5b4a-never-show-me"
 TOPICS = ["apples", "rivers", "pianos", "volcanoes", "glaciers", "comets", "violins", "deserts", "coral reefs",

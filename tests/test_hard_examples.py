@@ -13,9 +13,10 @@ from typer.testing import CliRunner
 
 from embedrag import Encoder
 from embedrag.cli import app
+from embedrag.engine.data.corpus import Corpus
 from embedrag.engine.data.examples import Example
 from embedrag.engine.encoding.encoder import EmbeddingConfig
-from embedrag.engine.mining.mine import Corpus, select_failing
+from embedrag.engine.mining.mine import select_failing
 from embedrag.engine.training.train import train
 from embedrag.engine.training.train_config import TrainConfig
 

@@ -72,7 +72,7 @@ class EmbeddingConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        from embedrag import __version__
+        from embedrag._version import __version__
 
         data = {"format_version": FORMAT_VERSION, "embedrag_version": __version__}
         data.update(asdict(self))

@@ -70,7 +70,7 @@ class AnswerReport(ComparedReport):
         return self._comparisons[key]
 
     def to_dict(self, per_query: bool = False) -> dict[str, Any]:
-        from embedrag import __version__
+        from embedrag._version import __version__
 
         return {"embedrag_version": __version__, "kind": "answers", "test_set": self.test_set, "k": self.k,
                 "generator": self.generator, "scorers": self.scorers, "baseline": self.models[0].name,
@@ -127,8 +127,8 @@ class CorpusRetriever:
     def __init__(self, encoder: Encoder, corpus: dict[str, str], *, cache_dir: Path | None, precision: str = "fp32",
                  progress: Progress | None = None, label: str = ""):
         from embedrag.engine.data.testsets import corpus_fingerprint
+        from embedrag.engine.encoding.cache import EmbeddingCache, vectors_cache_key
         from embedrag.engine.encoding.encoder import resolve_precision
-        from embedrag.engine.evaluation.evaluate import EmbeddingCache, vectors_cache_key
 
         precision = resolve_precision(precision, encoder.device)
         self.encoder, self.ids = encoder, list(corpus)
@@ -154,7 +154,7 @@ class CorpusRetriever:
 
 
 def _matches(hit_text: str, positives: Sequence[str]) -> bool:
-    from embedrag.engine.mining.mine import normalize_text
+    from embedrag.engine.data.corpus import normalize_text
 
     text = normalize_text(hit_text)
     return any(p and (p == text or p in text or text in p) for p in (normalize_text(x) for x in positives))
@@ -235,8 +235,8 @@ def evaluate_answers(
     """Run the RAG loop for each model on ``answer_set`` and score its answers. Retrieval is
     over ``db``/``table`` (one model: the table's) or ``corpus`` (id -> text; default: the
     set's own ``pos`` passages), embedded by each model."""
+    from embedrag.engine.encoding.cache import default_cache_dir
     from embedrag.engine.encoding.encoder import Encoder
-    from embedrag.engine.evaluation.evaluate import default_cache_dir
     from embedrag.engine.llm.rag import NoGenerator
 
     if k <= 0:

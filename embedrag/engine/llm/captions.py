@@ -29,7 +29,7 @@ _MIME = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".web
 
 
 def default_caption_cache() -> Path:
-    from embedrag.engine.evaluation.evaluate import cache_root
+    from embedrag.engine.encoding.cache import cache_root
 
     return cache_root() / "captions"
 

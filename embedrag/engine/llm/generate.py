@@ -209,7 +209,7 @@ def write_queries(chunks: Sequence[Chunk], writer: QueryWriter, journal: Journal
 def filtered_queries(chunks: Sequence[Chunk], journal: Journal, max_chars: int,
                      dropped: Counter) -> list[tuple[Chunk, WrittenQuery]]:
     """The journaled queries in chunk order, without empty, over-long and repeated ones."""
-    from embedrag.engine.mining.mine import normalize_text
+    from embedrag.engine.data.corpus import normalize_text
 
     kept, seen = [], set()
     for chunk in chunks:
@@ -232,7 +232,7 @@ def filtered_queries(chunks: Sequence[Chunk], journal: Journal, max_chars: int,
 def round_trip(pairs: Sequence[tuple[Chunk, WrittenQuery]], corpus, corpus_vectors, encoder: Encoder, k: int,
                config: GenerateConfig, progress: Progress | None) -> list[bool]:
     """Whether each query's own chunk is in the model's top ``k`` over the corpus."""
-    from embedrag.engine.mining.mine import normalize_text
+    from embedrag.engine.data.corpus import normalize_text
     from embedrag.engine.retrieval.search import exact_search
 
     row_of = {normalize_text(t): r for r, t in enumerate(corpus.texts)}
@@ -319,14 +319,9 @@ def generate(
 def _finish(pairs, chunks, encoder, config: GenerateConfig, output: Path, dropped: Counter,
             report: GenerateReport, progress: Progress | None) -> list[dict]:
     """Round trip and mining over every chunk; the output lines."""
+    from embedrag.engine.data.corpus import Corpus, normalize_text
     from embedrag.engine.data.examples import Example
-    from embedrag.engine.mining.mine import (
-        Corpus,
-        MineConfig,
-        embed_corpus,
-        mine_examples,
-        normalize_text,
-    )
+    from embedrag.engine.mining.mine import MineConfig, embed_corpus, mine_examples
 
     mark = time.perf_counter()
     needs_vectors = config.round_trip_k or config.negatives

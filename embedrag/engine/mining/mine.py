@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -29,6 +28,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from embedrag.engine.core.errors import ConfigError, DataError
+from embedrag.engine.data.corpus import (
+    Corpus,
+    corpus_from_examples,
+    load_corpus,
+    normalize_text,
+    testset_over_corpus,
+)
 from embedrag.engine.data.examples import Example
 from embedrag.engine.encoding.models import DEFAULT_MODEL
 
@@ -46,12 +52,6 @@ FILTERS = ("positive", "query", "duplicate", "relative_margin", "absolute_margin
 FAILING_CANDIDATES = ("per-query", "all")
 RRF_K = 60
 Progress = Callable[[str, int, int], None]
-_SPACES = re.compile(r"\s+")
-
-
-def normalize_text(text: str) -> str:
-    """The identity of a passage for de-duplication: case-folded, whitespace collapsed."""
-    return _SPACES.sub(" ", text).strip().casefold()
 
 
 def parse_range(value: str) -> tuple[int, int]:
@@ -114,37 +114,6 @@ class MineConfig:
 
 
 @dataclass
-class Corpus:
-    """Candidate passages: ids and texts, de-duplicated by normalised text, and optional
-    ready vectors (a LanceDB table built with the same model)."""
-
-    ids: list[str]
-    texts: list[str]
-    name: str
-    vectors: np.ndarray | None = None
-
-    @classmethod
-    def from_texts(cls, pairs: Sequence[tuple[str, str]], name: str) -> Corpus:
-        ids, texts, seen = [], [], set()
-        for doc_id, text in pairs:
-            key = normalize_text(text)
-            if not key or key in seen:
-                continue
-            seen.add(key)
-            ids.append(doc_id)
-            texts.append(text)
-        if not texts:
-            raise DataError([f"{name}: the corpus has no passages"])
-        return cls(ids, texts, name)
-
-    @property
-    def fingerprint(self) -> str:
-        from embedrag.engine.data.testsets import corpus_fingerprint
-
-        return corpus_fingerprint(zip(self.ids, self.texts))  # eval's key: the two share a cache
-
-
-@dataclass
 class MineReport:
     """What mining did: counts per filter, negatives per query, time."""
 
@@ -196,43 +165,6 @@ def load_input(input: str | os.PathLike | None = None, *, beir: str | os.PathLik
     return examples, corpus, f"{beir} ({split})"
 
 
-def corpus_from_examples(examples: Sequence[Example], name: str) -> Corpus:
-    """Every distinct passage of the lines (their pos and neg)."""
-    pairs = []
-    for example in examples:
-        for text in (*example.pos, *example.neg):
-            pairs.append((f"p{len(pairs) + 1}", text))
-    return Corpus.from_texts(pairs, name)
-
-
-def load_corpus(path: str | os.PathLike) -> Corpus:
-    """A BEIR folder or its corpus.jsonl (title + text, as BEIR builds passages), a training
-    JSONL file (its pooled pos/neg), a documents JSONL, or text files / a folder of them."""
-    from embedrag.engine.data.documents import read_documents
-    from embedrag.engine.data.examples import iter_json_objects
-
-    path = Path(path)
-    if path.is_dir() and (path / "corpus.jsonl").is_file():
-        path = path / "corpus.jsonl"
-    if path.is_file() and path.suffix.lower() == ".jsonl":
-        first = next(iter(iter_json_objects(path)), (0, {}))[1]
-        if "_id" in first and "text" in first:
-            from embedrag.engine.data.testsets import read_beir_corpus
-
-            beir = read_beir_corpus(path)  # the passages eval and --beir build: one embedding cache
-            return Corpus(list(beir), list(beir.values()), str(path))
-        if "query" in first and "pos" in first:
-            from embedrag.engine.data.examples import load_examples
-
-            return corpus_from_examples(load_examples(path), str(path))
-    pairs = []
-    for document in read_documents([path]):
-        text = f"{document.title} {document.text}" if document.title and document.title not in document.text \
-            else document.text
-        pairs.append((document.id, text))
-    return Corpus.from_texts(pairs, str(path))
-
-
 def load_table_corpus(db: str | os.PathLike, table: str, encoder: Encoder) -> Corpus:
     """An indexed table's chunks; its stored vectors are reused when ``encoder`` made them."""
     import numpy as np
@@ -263,7 +195,7 @@ def _encode(encoder: Encoder, texts: Sequence[str], kind: str, config: MineConfi
 def embed_corpus(encoder: Encoder, corpus: Corpus, config: MineConfig, cache_dir: Path | None,
                  progress: Progress | None) -> np.ndarray:
     """``corpus``'s passage vectors: its own, or cached in ``cache_dir`` (shared with eval)."""
-    from embedrag.engine.evaluation.evaluate import EmbeddingCache, vectors_cache_key
+    from embedrag.engine.encoding.cache import EmbeddingCache, vectors_cache_key
 
     if corpus.vectors is not None:
         return corpus.vectors
@@ -520,27 +452,6 @@ class FailingReport:
 
 
 
-def testset_over_corpus(examples: Sequence[Example], corpus: Corpus):
-    """The lines as queries over ``corpus``; positives missing from it are added."""
-    from embedrag.engine.data.testsets import TestSet
-
-    texts = dict(zip(corpus.ids, corpus.texts))
-    id_of = {normalize_text(text): doc_id for doc_id, text in texts.items()}
-    queries, qrels = {}, {}
-    for number, example in enumerate(examples, start=1):
-        qid = f"q{number}"
-        queries[qid] = example.query
-        relevant = {}
-        for text in example.pos:
-            key = normalize_text(text)
-            if key not in id_of:
-                id_of[key] = f"pos{len(texts) + 1}"
-                texts[id_of[key]] = text
-            relevant[id_of[key]] = 1
-        qrels[qid] = relevant
-    return TestSet(name=corpus.name, source=corpus.name, queries=queries, corpus=texts, qrels=qrels)
-
-
 def select_failing(
     examples: Sequence[Example],
     encoder: Encoder,
@@ -560,7 +471,8 @@ def select_failing(
     lines' pooled passages when None). Ranked by eval's code, so a line is kept exactly
     when eval (at the same ``precision``) gives it hit@k = 0."""
     from embedrag.engine.data.testsets import testset_from_examples
-    from embedrag.engine.evaluation.evaluate import EmbeddingCache, evaluate_model
+    from embedrag.engine.encoding.cache import EmbeddingCache
+    from embedrag.engine.evaluation.evaluate import evaluate_model
 
     if candidates not in FAILING_CANDIDATES:
         raise ConfigError(f"--candidates must be one of {', '.join(FAILING_CANDIDATES)}, got {candidates!r}")

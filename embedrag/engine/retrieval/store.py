@@ -76,7 +76,7 @@ class IndexSettings:
     def from_encoder(cls, encoder: Encoder, fingerprint: str, chunk_size: int, chunk_overlap: int,
                      precision: str = "fp32") -> IndexSettings:
         """``precision`` as asked; the settings record what the encoder makes of it."""
-        from embedrag import __version__
+        from embedrag._version import __version__
 
         c = encoder.config
         return cls(model=encoder.name, fingerprint=fingerprint, pooling=c.pooling, normalize=c.normalize,

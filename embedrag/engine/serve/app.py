@@ -39,7 +39,7 @@ SECURITY_HEADERS = {
 
 def create_app(state: ServerState) -> FastAPI:
     """The app over a loaded :class:`ServerState`; its lifespan starts and stops the batcher."""
-    from embedrag import __version__
+    from embedrag._version import __version__
     from embedrag.engine.serve.api import router
 
     @contextlib.asynccontextmanager

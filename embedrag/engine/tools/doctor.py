@@ -123,7 +123,7 @@ def _model_checks(models: Sequence[str]) -> list[Check]:
 
 def diagnose(models: Sequence[str] = (DEFAULT_MODEL,)) -> list[Check]:
     """Every check, in display order."""
-    from embedrag import __version__
+    from embedrag._version import __version__
     from embedrag.engine.encoding.models import hub_offline
 
     checks = [

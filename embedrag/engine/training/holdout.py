@@ -91,7 +91,7 @@ def holdout_testset(validation: Sequence[Example], pool_examples: Sequence[Examp
     up to ``pool_size`` passages in all, a seeded sample of the other passages of
     ``pool_examples`` (or of the corpus at ``corpus_path``). Returns the test set and a
     description of the pool."""
-    from embedrag.engine.mining.mine import (
+    from embedrag.engine.data.corpus import (
         Corpus,
         corpus_from_examples,
         load_corpus,
