@@ -73,6 +73,22 @@ def _probe(config: dict, out: Path, processes: int = 1) -> list[dict]:
     return [torch.load(out / f"rank{r}.pt") for r in range(processes)]
 
 
+@pytest.fixture(scope="module")
+def one_process(no_dropout_bert, data, tmp_path_factory):
+    """The single-process step of ``(finetune_type, batch_size)`` on the dropout-free BERT,
+    probed once per module: several tests compare against the same reference step."""
+    probes: dict[tuple[str, int], dict] = {}
+
+    def probe(finetune_type: str, batch_size: int) -> dict:
+        if (finetune_type, batch_size) not in probes:
+            folder = tmp_path_factory.mktemp(f"one-{finetune_type}-{batch_size}")
+            config = _config(no_dropout_bert, data, folder / "out", finetune_type, batch_size)
+            probes[finetune_type, batch_size] = _probe(config, folder / "probe")[0]
+        return probes[finetune_type, batch_size]
+
+    return probe
+
+
 def _max_diff(a: dict, b: dict) -> float:
     assert a.keys() == b.keys() and a
     return max(float((a[k] - b[k]).abs().max()) for k in a)
@@ -95,8 +111,8 @@ def _max_update_diff(a: dict, b: dict) -> float:
 
 @pytest.mark.parametrize("finetune_type", ["lora", "full"])
 def test_two_processes_with_cross_device_negatives_equal_one_process(no_dropout_bert, data, tmp_path,
-                                                                      finetune_type):
-    single = _probe(_config(no_dropout_bert, data, tmp_path / "o1", finetune_type, 8), tmp_path / "one")[0]
+                                                                      one_process, finetune_type):
+    single = one_process(finetune_type, 8)
     ranks = _probe(_config(no_dropout_bert, data, tmp_path / "o2", finetune_type, 4), tmp_path / "two", 2)
     assert single["queries"] == 8 and [r["queries"] for r in ranks] == [4, 4]
     assert sum(r["passages"] for r in ranks) == single["passages"] > 8 + 8  # hard negatives present
@@ -107,8 +123,9 @@ def test_two_processes_with_cross_device_negatives_equal_one_process(no_dropout_
     assert _max_diff(ranks[0]["weights"], ranks[1]["weights"]) == 0.0
 
 
-def test_without_cross_device_negatives_each_process_sees_its_own_batch(no_dropout_bert, data, tmp_path):
-    single = _probe(_config(no_dropout_bert, data, tmp_path / "o1", "lora", 8), tmp_path / "one")[0]
+def test_without_cross_device_negatives_each_process_sees_its_own_batch(no_dropout_bert, data, tmp_path,
+                                                                          one_process):
+    single = one_process("lora", 8)
     ranks = _probe(_config(no_dropout_bert, data, tmp_path / "o2", "lora", 4, cross_device_negatives=False),
                    tmp_path / "two", 2)
     assert abs(ranks[0]["loss"] - single["loss"]) > 1e-3  # fewer negatives: a different loss
@@ -116,8 +133,8 @@ def test_without_cross_device_negatives_each_process_sees_its_own_batch(no_dropo
 
 
 @pytest.mark.parametrize("finetune_type", ["lora", "full"])
-def test_gradcache_equals_the_full_batch(no_dropout_bert, data, tmp_path, finetune_type):
-    full = _probe(_config(no_dropout_bert, data, tmp_path / "o1", finetune_type, 16), tmp_path / "full")[0]
+def test_gradcache_equals_the_full_batch(no_dropout_bert, data, tmp_path, one_process, finetune_type):
+    full = one_process(finetune_type, 16)
     cached = _probe(_config(no_dropout_bert, data, tmp_path / "o2", finetune_type, 16, mini_batch_size=4),
                     tmp_path / "cached")[0]
     assert abs(cached["loss"] - full["loss"]) < 1e-5
@@ -125,8 +142,8 @@ def test_gradcache_equals_the_full_batch(no_dropout_bert, data, tmp_path, finetu
     assert _max_update_diff(cached, full) < 1e-5
 
 
-def test_gradcache_with_cross_device_negatives(no_dropout_bert, data, tmp_path):
-    single = _probe(_config(no_dropout_bert, data, tmp_path / "o1", "lora", 8), tmp_path / "one")[0]
+def test_gradcache_with_cross_device_negatives(no_dropout_bert, data, tmp_path, one_process):
+    single = one_process("lora", 8)
     ranks = _probe(_config(no_dropout_bert, data, tmp_path / "o2", "lora", 4, mini_batch_size=3),
                    tmp_path / "two", 2)
     for rank in ranks:
