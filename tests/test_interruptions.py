@@ -79,23 +79,21 @@ def test_sigkill_during_training_then_resume_reaches_the_same_weights(tiny_bert,
 
 def test_sigkill_during_upsert_then_rerun_gives_the_clean_rows(tiny_bert, tmp_path):
     """Three ``embedrag index --mode upsert`` processes killed part-way; the re-run of each
-    (the library call the command makes, here in-process: a process start costs ~7 s)
-    leaves exactly the rows of an uninterrupted run."""
-    from embedrag import Encoder, build_index, read_documents
+    (the library's ``index``, here in-process: a process start costs ~7 s) leaves exactly
+    the rows of an uninterrupted run."""
+    from embedrag import index
     from embedrag.engine.retrieval.store import open_table
 
     docs = tmp_path / "docs.jsonl"
     docs.write_text("".join(json.dumps({"id": f"d{i}", "text": f"document {i} about {TOPICS[i % 16]}. " * 3})
                             + "\n" for i in range(600)))
-    encoder = Encoder.load(str(tiny_bert))
 
     def command(db: Path) -> list[str]:
         return [sys.executable, "-m", "embedrag", "index", "-i", str(docs), "-m", str(tiny_bert), "--db", str(db),
                 "--table", "docs", "--mode", "upsert", "--no-fts", "--batch-size", "16"]
 
     def upsert(db: Path) -> None:
-        build_index(read_documents([docs]), encoder, db=db, table="docs", mode="upsert", fts=False,
-                    encode_batch_size=16)
+        index([docs], str(tiny_bert), db=db, table="docs", mode="upsert", fts=False, encode_batch_size=16)
 
     def rows(db: Path) -> set[tuple[str, str]]:
         table = open_table(db, "docs").to_arrow().select(["chunk_id", "text"]).to_pydict()
