@@ -140,7 +140,8 @@ def _config(model, data, out, finetune_type="lora", **overrides):
     return TrainConfig(**values)
 
 
-def test_margin_ranking_training_learns(tiny_bert, tmp_path):
+@pytest.mark.parametrize("loss, options", [("margin-ranking", {"margin": 0.2}), ("infonce-symmetric", {})])
+def test_the_other_losses_train(tiny_bert, tmp_path, loss, options):
     losses = []
 
     class Recorder:
@@ -150,11 +151,10 @@ def test_margin_ranking_training_learns(tiny_bert, tmp_path):
         def __getattr__(self, name):
             return lambda *args, **kwargs: None
 
-    result = train(_config(tiny_bert, _toy(tmp_path), tmp_path / "out", loss="margin-ranking", margin=0.2),
-                   Recorder())
+    result = train(_config(tiny_bert, _toy(tmp_path), tmp_path / "out", loss=loss, **options), Recorder())
     assert len(losses) == 16 and np.mean(losses[-4:]) < 0.7 * np.mean(losses[:4]), losses
     record = json.loads((result.final_dir / "embedrag.json").read_text())["extra"]["finetune"]
-    assert record["loss"] == "margin-ranking" and record["margin"] == 0.2
+    assert record["loss"] == loss and record.get("margin") == options.get("margin")
 
 
 def test_init_from_an_adapter_continues_it(tiny_bert, tmp_path):

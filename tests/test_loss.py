@@ -137,3 +137,46 @@ def test_margin_ranking_is_zero_once_every_positive_clears_the_margin():
         == pytest.approx(0.1, abs=1e-4)
     with pytest.raises(ValueError):
         MarginRankingLoss(margin=-1)
+
+
+def _hand_reverse_infonce(q_vecs, p_vecs, batch, temperature, in_batch):
+    """Each query's sampled positive ranks the batch's queries; a query that has that
+    passage text among its positives is not a negative for it."""
+    total = 0.0
+    for i in range(len(q_vecs)):
+        positive = p_vecs[batch.positive_index[i]]
+        text = batch.passages[batch.positive_index[i]]
+        candidates = [j for j in range(len(q_vecs))
+                      if j == i or (in_batch and text not in batch.positive_texts[j])]
+        logits = {j: _cos(positive, q_vecs[j]) / temperature for j in candidates}
+        top = max(logits.values())
+        total += top + math.log(sum(math.exp(v - top) for v in logits.values())) - logits[i]
+    return total / len(q_vecs)
+
+
+@pytest.mark.parametrize("in_batch", [True, False])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_symmetric_infonce_equals_hand_computation(in_batch, seed):
+    from embedrag.engine.training.loss import SymmetricInfoNCELoss
+
+    batch, q, p = _random_batch(seed)
+    got = SymmetricInfoNCELoss(temperature=0.05, in_batch_negatives=in_batch)(q, p, **batch.loss_inputs())
+    forward = _hand_infonce(q.tolist(), p.tolist(), batch, 0.05, in_batch)
+    reverse = _hand_reverse_infonce(q.tolist(), p.tolist(), batch, 0.05, in_batch)
+    if in_batch:
+        assert reverse > 0
+    else:
+        assert reverse == 0  # one candidate per positive: the reverse direction adds nothing
+    assert got.item() == pytest.approx((forward + reverse) / 2, rel=1e-5)
+
+
+def test_symmetric_infonce_never_contrasts_a_positive_with_a_query_it_also_answers():
+    from embedrag.engine.training.loss import SymmetricInfoNCELoss
+
+    examples = [Example("q0", pos=("shared positive",), neg=("n0",)),
+                Example("q1", pos=("shared positive",), neg=("n1",)),
+                Example("q2", pos=("p2",), neg=("n2",))]
+    batch = build_batch(examples, neg_nums=1, rng=random.Random(0))
+    mask = SymmetricInfoNCELoss().query_mask(**{k: v for k, v in batch.loss_inputs().items()
+                                                if k != "passage_owner"})
+    assert mask.tolist() == [[True, False, True], [False, True, True], [True, True, True]]

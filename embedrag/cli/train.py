@@ -219,7 +219,7 @@ def train(
         "--neg-nums", "--neg_nums", help="Hard negatives sampled per query and epoch.",
         rich_help_panel=_OPT)] = 2,
     loss: Annotated[str, typer.Option(
-        help="infonce, or margin-ranking: mean max(0, margin - (sim(q, pos) - sim(q, neg))) over pairs.",
+        help="infonce; infonce-symmetric: the mean of infonce and its reverse (each positive ranks its query among the batch's queries); or margin-ranking: mean max(0, margin - (sim(q, pos) - sim(q, neg))) over pairs.",
         rich_help_panel=_OPT)] = "infonce",
     temperature: Annotated[float | None, typer.Option(
         help="InfoNCE temperature. [default: the one the model was trained at when known (embedrag's record; "

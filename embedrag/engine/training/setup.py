@@ -25,10 +25,12 @@ logger = logging.getLogger(__name__)
 
 def _loss(config: TrainConfig):
     """The training loss the config names."""
-    from embedrag.engine.training.loss import InfoNCELoss, MarginRankingLoss
+    from embedrag.engine.training.loss import InfoNCELoss, MarginRankingLoss, SymmetricInfoNCELoss
 
     if config.loss == "margin-ranking":
         return MarginRankingLoss(config.margin, config.in_batch_negatives)
+    if config.loss == "infonce-symmetric":
+        return SymmetricInfoNCELoss(config.temperature, config.in_batch_negatives)
     return InfoNCELoss(config.temperature, config.in_batch_negatives)
 
 

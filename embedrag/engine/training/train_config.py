@@ -13,7 +13,7 @@ from embedrag.engine.training.finetune import FINETUNE_CHOICES, QLORA_INITS, Lor
 SCHEDULERS = ("linear", "cosine", "constant")
 MIXED_PRECISION = ("no", "fp32", "fp16", "bf16")  # "no" = "fp32"; see engine.precision
 BEST_METRICS = ("ndcg@10", "recall@10", "mrr@10", "loss")
-LOSSES = ("infonce", "margin-ranking")
+LOSSES = ("infonce", "infonce-symmetric", "margin-ranking")
 FINAL_MODELS = ("best", "last")
 
 # The original train.py's temperature, for models whose own is not known.
