@@ -151,6 +151,25 @@ def test_validation_logs_tensorboard_and_best(tiny_bert, toy_data, tmp_path):
     assert "eval/ndcg@10" in events.Tags()["scalars"]
 
 
+@pytest.mark.parametrize("finetune_type", ["full", "lora", "qlora"])
+def test_gradient_checkpointing_is_on_after_preparation(tiny_qwen2, finetune_type):
+    from embedrag.engine.training.finetune import (
+        LoraSettings,
+        load_training_encoder,
+        prepare_for_training,
+    )
+
+    encoder = load_training_encoder(str(tiny_qwen2), finetune_type, device="cpu",
+                                    quantization_bits=4 if finetune_type == "qlora" else None)
+    model = prepare_for_training(encoder, finetune_type, LoraSettings(r=4, alpha=8, dropout=0.0),
+                                 gradient_checkpointing=True)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    assert getattr(base, "is_activation_checkpointing", None) or base.is_gradient_checkpointing  # transformers 5 / 4
+    # Frozen embeddings would cut the checkpointed graph: their output must still need grad.
+    assert model.get_input_embeddings()(torch.tensor([[1, 2, 3]])).requires_grad
+
+
+@pytest.mark.filterwarnings("error:.*gradient_checkpointing_enable.* is deprecated:FutureWarning")
 @pytest.mark.parametrize("finetune_type", ["lora", "qlora"])
 def test_gradient_checkpointing_still_trains_lora(tiny_qwen2, toy_data, tmp_path, finetune_type):
     config = _config(tiny_qwen2, toy_data[0], tmp_path / "out", finetune_type, max_steps=3,

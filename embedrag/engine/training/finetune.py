@@ -141,10 +141,9 @@ def prepare_for_training(encoder: Encoder, finetune_type: str, lora: LoraSetting
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     if finetune_type == "qlora":
-        model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=gradient_checkpointing,
-            gradient_checkpointing_kwargs={"use_reentrant": False})
-    elif gradient_checkpointing:
+        # peft would enable checkpointing through transformers' deprecated name; ours is the same.
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    if gradient_checkpointing:
         enable_gradient_checkpointing(model)
     peft_config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                              target_modules=lora.peft_target_modules(), bias="none")
