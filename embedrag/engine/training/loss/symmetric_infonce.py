@@ -36,18 +36,15 @@ class SymmetricInfoNCELoss(InfoNCELoss):
         queries = F.normalize(query_embeddings.float(), dim=-1)
         positives = F.normalize(passage_embeddings.float()[positive_index], dim=-1)
         logits = positives @ queries.T / self.temperature
-        mask = self.query_mask(positive_index, passage_keys, positive_keys, positive_keys_mask)
+        mask = self.query_mask(positive_index, passage_owner, passage_keys, positive_keys, positive_keys_mask)
         logits = logits.masked_fill(~mask, float("-inf"))
         targets = torch.arange(queries.shape[0], device=logits.device)
         return (forward_loss + F.cross_entropy(logits, targets)) / 2
 
-    def query_mask(self, positive_index, passage_keys, positive_keys, positive_keys_mask) -> torch.Tensor:
-        """(B, B) bool: which queries are candidates for query i's sampled positive."""
-        count = positive_index.shape[0]
-        own = torch.eye(count, dtype=torch.bool, device=positive_index.device)
-        if not self.in_batch_negatives:
-            return own
-        keys = passage_keys[positive_index]
-        shares_the_positive = ((keys.view(-1, 1, 1) == positive_keys.unsqueeze(0))
-                               & positive_keys_mask.unsqueeze(0)).any(dim=-1)
-        return ~shares_the_positive | own
+    def query_mask(self, positive_index, passage_owner, passage_keys, positive_keys,
+                   positive_keys_mask) -> torch.Tensor:
+        """(B, B) bool: which queries are candidates for query i's sampled positive: the
+        forward candidates' columns of the sampled positives, read the other way."""
+        mask = self.candidate_mask(positive_index, passage_owner, passage_keys, positive_keys,
+                                   positive_keys_mask)
+        return mask[:, positive_index].T
